@@ -1,0 +1,76 @@
+"""The `scratch` command line: one entry point, one subcommand per capability.
+
+Each capability keeps its own subcommands next to its code and registers them here through a module-level
+`register(subparsers)` function, listed in SUBCOMMAND_MODULES; this file only wires them together. Errors that
+come from bad input (a missing file, an unknown name) print one line to stderr and exit with status 2, never a
+traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Modules that add subcommands, in the order `scratch --help` lists them.
+SUBCOMMAND_MODULES: list[str] = []
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    import backends
+    import scratch
+
+    if args.name:
+        try:
+            presets = importlib.import_module("scratch.models.presets")
+        except ModuleNotFoundError:
+            raise SystemExit("scratch info NAME: model presets are not available in this version") from None
+        print(presets.describe(args.name))
+        return 0
+    print(f"scratch {scratch.__version__}")
+    print("backends:")
+    for name in backends.NAMES:
+        reason = backends.unavailable_reason(name)
+        if reason is None:
+            print(f"  [x] {backends.get(name).describe()}")
+        else:
+            print(f"  [ ] {name}: {reason}")
+    print("components:")
+    for name, module, what in scratch.COMPONENTS:
+        try:
+            importlib.import_module(module)
+            mark = "x"
+        except ModuleNotFoundError:
+            mark = " "
+        print(f"  [{mark}] {name:<11} {what}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scratch", description="LLM internals from scratch in NumPy / CuPy.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    info = subparsers.add_parser("info", help="backends and components available here; with NAME, a model's sizes")
+    info.add_argument("name", nargs="?", help="a model preset such as gpt2, llama-2-7b, llama-3.1-8b")
+    info.set_defaults(handler=_cmd_info)
+    for module_name in SUBCOMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except (ValueError, KeyError, FileNotFoundError, OSError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"scratch {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `scratch ... | head` closed the pipe: not an error
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
