@@ -1,0 +1,1 @@
+"""Byte-level BPE tokenizer (work in progress: see pretokenize.py)."""
