@@ -1,0 +1,239 @@
+"""BPE training: hand-checked merges, the determinism rules, reference == fast (hypothesis), progress, bad input."""
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scratch.tokenizer import train
+from scratch.tokenizer.train import count_chunks, train_merges, train_merges_reference
+
+TRAINERS = [train_merges_reference, train_merges]
+TRAINER_IDS = ["reference", "fast"]
+
+# ----------------------------------------------------------------------------------------------------------------
+# Hand-checked examples.
+
+
+@pytest.mark.parametrize("trainer", TRAINERS, ids=TRAINER_IDS)
+def test_textbook_example(trainer):
+    # "aaabdaaabac" (the classic example), by hand: (a,a) counts 4 (overlapping) -> 256: "256 a b d 256 a b a c";
+    # (256,a), (a,b) tie at 2 -> smallest (a,b) -> 257; (256,257) -> 258: "258 d 258 a c"; four pairs at 1 ->
+    # smallest (a,c) -> 259; then (d,258) -> 260, (258,260) -> 261, (261,259) -> 262; one token left: stop.
+    a, b, c, d = 97, 98, 99, 100
+    expected = [(a, a), (a, b), (256, 257), (a, c), (d, 258), (258, 260), (261, 259)]
+    assert trainer({"aaabdaaabac": 1}, 100) == expected
+    assert trainer({"aaabdaaabac": 1}, 3) == expected[:3]
+
+
+@pytest.mark.parametrize("trainer", TRAINERS, ids=TRAINER_IDS)
+@pytest.mark.parametrize("chunk, expected", [
+    ("aa", [(97, 97)]),
+    ("aaa", [(97, 97), (256, 97)]),            # non-overlapping: "aaa" -> [X, a]
+    ("aaaa", [(97, 97), (256, 256)]),          # -> [X, X] -> [Y]
+    ("aaaaa", [(97, 97), (256, 97), (256, 257)]),  # [X, X, a]: (X, a) ties (X, X) and is smaller
+    ("abababab", [(97, 98), (256, 256), (257, 257)]),
+    ("héllo", [(104, 195), (108, 108)]),       # é is the bytes (195, 169); all pairs tie: smallest first
+])
+def test_runs_and_bytes(trainer, chunk, expected):
+    assert trainer({chunk: 1}, len(expected)) == expected
+
+
+@pytest.mark.parametrize("trainer", TRAINERS, ids=TRAINER_IDS)
+def test_pairs_counted_overlapping(trainer):
+    # (a,a) counts 2 in "aaa"; counted non-overlapping it would tie (space,!) at 1 and lose to the smaller pair.
+    assert trainer({"aaa": 1, " !": 1}, 1) == [(97, 97)]
+
+
+@pytest.mark.parametrize("trainer", TRAINERS, ids=TRAINER_IDS)
+def test_ties_go_to_smallest_pair(trainer):
+    assert trainer({"cd": 1, "ab": 1}, 1) == [(97, 98)]
+    assert trainer({"ba": 1, "ab": 1}, 1) == [(97, 98)]
+    assert trainer({"ac": 1, "ab": 1}, 1) == [(97, 98)]
+    assert trainer({"cd": 1, "ab": 1}, 5) == [(97, 98), (99, 100)]
+
+
+@pytest.mark.parametrize("trainer", TRAINERS, ids=TRAINER_IDS)
+def test_counts_weight_pairs_and_chunks_do_not_join(trainer):
+    assert trainer({"ab": 1, "cd": 5}, 1) == [(99, 100)]
+    # "b" ends one chunk and "c" starts the next: (b, c) is never a pair.
+    assert trainer({"ab": 3, "cd": 3}, 10) == [(97, 98), (99, 100)]
+    assert trainer({"ab": 0, "cd": 1}, 10) == [(99, 100)]  # zero counts are ignored
+    assert trainer({}, 10) == []
+    assert trainer({"x": 7, "": 3}, 10) == []
+    assert trainer({"abc": 1}, 0) == []
+
+
+def test_merge_ids_are_sequential_and_defined_before_use():
+    merges = train_merges(count_chunks("the cat sat on the mat; the hat " * 5), 40)
+    for i, (left, right) in enumerate(merges):
+        assert 0 <= left < 256 + i and 0 <= right < 256 + i
+    assert len(set(merges)) == len(merges)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The fast trainer gives the reference's merge list (hypothesis).
+
+ALPHABETS = {
+    "ascii": "ab c\n.",
+    "ascii_wide": "abcdefghij klmnop,.!'\n",
+    "korean": "한국어 문장입니다",
+    "emoji": "😀👍🏽🎉 a",
+    "runs": "aaaa b",
+}
+_alphabet = st.sampled_from(sorted(ALPHABETS)).map(ALPHABETS.get)
+texts = _alphabet.flatmap(lambda letters: st.text(alphabet=letters, max_size=120))
+words = st.dictionaries(
+    _alphabet.flatmap(lambda letters: st.text(alphabet=letters, min_size=1, max_size=14)),
+    st.integers(min_value=1, max_value=6), max_size=12)
+# The trainers are quick on these tiny corpora, so take more examples than the profile's default (more still under
+# HYPOTHESIS_PROFILE=thorough).
+MANY = settings(max_examples=max(150, settings().max_examples))
+
+runs = st.lists(st.sampled_from(["a" * n for n in range(1, 9)] + ["ab" * n for n in range(1, 5)] + ["aab", "bba"]),
+                max_size=10).map(lambda parts: " ".join(parts))
+
+
+@MANY
+@given(text=st.one_of(texts, runs), num_merges=st.integers(0, 50))
+def test_fast_equals_reference_on_texts(text, num_merges):
+    counts = count_chunks(text, pattern="gpt2")
+    assert train_merges(counts, num_merges) == train_merges_reference(counts, num_merges)
+
+
+@MANY
+@given(counts=words, num_merges=st.integers(0, 50))
+def test_fast_equals_reference_on_weighted_words(counts, num_merges):
+    assert train_merges(counts, num_merges) == train_merges_reference(counts, num_merges)
+
+
+@settings(max_examples=25)
+@given(counts=words, seed=st.integers(0, 2**32 - 1))
+def test_result_does_not_depend_on_chunk_order(counts, seed):
+    items = list(counts.items())
+    random.Random(seed).shuffle(items)
+    shuffled = dict(items)
+    expected = train_merges_reference(counts, 30)
+    assert train_merges_reference(shuffled, 30) == expected
+    assert train_merges(shuffled, 30) == expected
+
+
+def test_fast_equals_reference_on_a_real_text_sample():
+    text = ("def count(words):\n    return {w: len(w) for w in words}\n"
+            "The quick brown fox jumps over the lazy dog. It's 2024!\n"
+            "한국어 문장은 띄어쓰기를 합니다. 안녕하세요 😀😀😀 aaaaaaaa    \n") * 3
+    counts = count_chunks(text)
+    assert train_merges(counts, 150) == train_merges_reference(counts, 150)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# count_chunks.
+
+
+def test_count_chunks_counts_pretokenized_chunks():
+    assert count_chunks("the cat the cat") == {"the": 1, " cat": 2, " the": 1}
+    assert count_chunks(["ab ab", "ab"]) == {"ab": 2, " ab": 1}
+    assert count_chunks(iter(["ab", "ab"])) == {"ab": 2}
+    assert count_chunks([]) == {}
+    assert count_chunks("2024", pattern="gpt4") == {"202": 1, "4": 1}
+    assert count_chunks("2024", pattern="gpt2") == {"2024": 1}
+
+
+def test_special_tokens_are_split_out_and_never_counted():
+    eot = "<|endoftext|>"
+    counts = count_chunks(f"hello world{eot}hello{eot}{eot} there", special_tokens=[eot])
+    assert counts == Counter(count_chunks("hello world")) + Counter(count_chunks("hello")) \
+        + Counter(count_chunks(" there"))
+    assert not any("<|" in chunk or "|>" in chunk for chunk in counts)
+    # The longer special wins where one is a prefix of another.
+    counts = count_chunks("a<|x|>y<|x|>b", special_tokens=["<|x|>", "<|x|>y"])
+    assert counts == {"a": 1, "b": 1}
+    # Without the special list the markup is ordinary text.
+    assert any("<|" in chunk for chunk in count_chunks(f"a{eot}b"))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Progress reporting.
+
+
+@pytest.mark.parametrize("trainer", TRAINERS, ids=TRAINER_IDS)
+def test_progress_callable_gets_every_merge(trainer):
+    calls = []
+    counts = {"aaabdaaabac": 2}
+    merges = trainer(counts, 5, progress=lambda *args: calls.append(args))
+    assert [call[0] for call in calls] == [1, 2, 3, 4, 5]
+    assert all(call[1] == 5 for call in calls)
+    assert [call[2] for call in calls] == merges
+    assert [call[3] for call in calls] == [8, 4, 4, 2, 2]  # (a,a) twice per "aaab", times count 2
+
+
+@pytest.mark.parametrize("trainer", TRAINERS, ids=TRAINER_IDS)
+def test_progress_true_prints_lines_to_stderr(trainer, capsys, monkeypatch):
+    monkeypatch.setattr(train, "PROGRESS_EVERY", 2)
+    trainer({"aaabdaaabac": 1}, 100, progress=True)  # stops after 7 merges: lines at 2, 4, 6 and the end
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert [line.split(",")[0] for line in lines] == [
+        "bpe train: 2/100 merges", "bpe train: 4/100 merges", "bpe train: 6/100 merges", "bpe train: 7/100 merges"]
+    assert "last pair (261, 259) count 1" in lines[-1] and lines[-1].endswith(" s")
+
+
+@pytest.mark.parametrize("trainer", TRAINERS, ids=TRAINER_IDS)
+@pytest.mark.parametrize("progress", [None, False])
+def test_progress_off_is_silent(trainer, progress, capsys):
+    trainer({"aaabdaaabac": 1}, 100, progress=progress)
+    assert capsys.readouterr() == ("", "")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Bad input.
+
+
+@pytest.mark.parametrize("trainer", TRAINERS, ids=TRAINER_IDS)
+def test_bad_trainer_arguments(trainer):
+    with pytest.raises(ValueError, match="num_merges must be >= 0, got -1"):
+        trainer({"ab": 1}, -1)
+    with pytest.raises(TypeError, match="num_merges must be an int, got str: '3'"):
+        trainer({"ab": 1}, "3")
+    with pytest.raises(TypeError, match="num_merges must be an int, got float: 2.0"):
+        trainer({"ab": 1}, 2.0)
+    with pytest.raises(TypeError, match="chunk_counts must be a mapping"):
+        trainer([("ab", 1)], 1)
+    with pytest.raises(TypeError, match="keys must be str chunks, got bytes: b'ab'"):
+        trainer({b"ab": 1}, 1)
+    with pytest.raises(ValueError, match="count of chunk 'ab' must be >= 0, got -2"):
+        trainer({"ab": -2}, 1)
+    with pytest.raises(TypeError, match="count of chunk 'ab' must be an int, got float"):
+        trainer({"ab": 1.5}, 1)
+    with pytest.raises(ValueError, match="not encodable as UTF-8"):
+        trainer({"a\ud800": 1}, 1)
+    with pytest.raises(TypeError, match="progress must be None, a bool or a callable, got str"):
+        trainer({"ab": 1}, 1, progress="yes")
+
+
+def test_bad_count_chunks_arguments():
+    with pytest.raises(TypeError, match=r"texts\[1\] must be a str, got bytes"):
+        count_chunks(["ok", b"bytes"])
+    with pytest.raises(TypeError, match="texts must be a str or an iterable of str, got int"):
+        count_chunks(5)
+    with pytest.raises(TypeError, match="texts must be a str or an iterable of str, got bytes"):
+        count_chunks(b"abc")
+    with pytest.raises(TypeError, match="special_tokens must be an iterable of strings, not one string"):
+        count_chunks("abc", special_tokens="<|endoftext|>")
+    with pytest.raises(TypeError, match="every special token must be a non-empty string, got ''"):
+        count_chunks("abc", special_tokens=[""])
+    with pytest.raises(ValueError, match="invalid pre-tokenizer regex"):
+        count_chunks("abc", pattern="(unclosed")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_fast_equals_reference_on_larger_random_corpora(seed):
+    # Longer words and more merges than hypothesis draws: runs of a, b and Korean/emoji mixed, weighted counts.
+    rng = random.Random(seed)
+    pieces = ["a", "b", "aa", "ab", "한", "국", "😀", " ", " a", "ba"]
+    counts = {"".join(rng.choices(pieces, k=rng.randint(1, 25))): rng.randint(1, 9) for _ in range(80)}
+    assert train_merges(counts, 300) == train_merges_reference(counts, 300)
