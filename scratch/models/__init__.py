@@ -1,0 +1,26 @@
+"""Models: GPT-2, Llama 2 / 3.x and BERT, described by frozen configs and loaded from Hugging Face folders.
+
+`config` holds the typed configs (and reads/writes config.json), `safetensors` reads and writes weight files from
+scratch, `presets` names the published sizes and does their parameter and memory arithmetic.
+"""
+from scratch.models.config import (
+    BertConfig,
+    Config,
+    GPT2Config,
+    LlamaConfig,
+    RopeScaling,
+    config_from_hf,
+    load_config,
+    save_config,
+)
+
+__all__ = [
+    "BertConfig",
+    "Config",
+    "GPT2Config",
+    "LlamaConfig",
+    "RopeScaling",
+    "config_from_hf",
+    "load_config",
+    "save_config",
+]
