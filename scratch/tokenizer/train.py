@@ -167,6 +167,17 @@ def train_merges_reference(chunk_counts: Mapping[str, int], num_merges: int,
 # ----------------------------------------------------------------------------------------------------------------
 # The fast trainer: the same steps, with the counts updated only where a merge changed something.
 
+def _decrement(pair_counts: dict[Pair, int], where: dict[Pair, set[int]], pair: Pair, n: int) -> None:
+    """Take `n` off a pair's count; a pair that reaches 0 is forgotten (an old pair never comes back: only pairs
+    with the newest id ever grow), which keeps memory proportional to the live pairs."""
+    count = pair_counts[pair] - n
+    if count:
+        pair_counts[pair] = count
+    else:
+        del pair_counts[pair]
+        where.pop(pair, None)
+
+
 def train_merges(chunk_counts: Mapping[str, int], num_merges: int,
                  progress: bool | Progress | None = None) -> list[Pair]:
     """Learn `num_merges` byte-level BPE merges from chunk counts (see `count_chunks`); merge i makes id 256 + i.
@@ -236,7 +247,7 @@ def train_merges(chunk_counts: Mapping[str, int], num_merges: int,
                     continue
                 if i > 0:
                     before = ids[i - 1]
-                    pair_counts[before, left] -= n
+                    _decrement(pair_counts, where, (before, left), n)
                     new = (before, new_id)
                     pair_counts[new] = get(new, 0) + n
                     if new not in touched:
@@ -245,7 +256,7 @@ def train_merges(chunk_counts: Mapping[str, int], num_merges: int,
                         touched[new].add(w)
                 if i + 1 < end:
                     after = ids[i + 2]
-                    pair_counts[right, after] -= n
+                    _decrement(pair_counts, where, (right, after), n)
                     new = (new_id, after)
                     pair_counts[new] = get(new, 0) + n
                     if new not in touched:
@@ -255,14 +266,13 @@ def train_merges(chunk_counts: Mapping[str, int], num_merges: int,
                 ids[i] = new_id
                 del ids[i + 1]
                 i += 1
-        del pair_counts[pair]  # every occurrence is gone, and can never come back (new ids are never a or b)
+        pair_counts.pop(pair)  # its occurrences are all merged now and never come back (new ids are never a or b)
         for p, holders in touched.items():
-            c = pair_counts[p]
+            c = get(p, 0)
             if c > 0:
                 heapq.heappush(heap, (-c, p[0], p[1]))
                 where[p] = holders
-            else:  # made and unmade within this merge, as (X, a) in "aaaa" -> [X, a, a] -> [X, X]
-                del pair_counts[p]
+            # else: made and unmade within this merge, as (X, a) in "aaaa" -> [X, a, a] -> [X, X]
         merges.append(pair)
         reporter.merged(len(merges), pair, count)
     reporter.finished(len(merges), pair, count)
