@@ -4,7 +4,7 @@ For each vocabulary size both train on the same text, given as the same ~16 KiB 
 BPE (GPT-2 pre-tokenizer, 256-byte initial alphabet, RAYON_NUM_THREADS=1) and ours (gpt4 pattern, 256 + merges).
 Timed for both: pre-tokenizing + counting + merging. Not timed: reading the file, splitting it into blocks.
 Also: the plain reference trainer on a small slice (checked equal to the fast one) and the peak RSS of our
-training on the whole corpus (measured in a fresh child process, so HF's memory does not count).
+training on the whole corpus (ru_maxrss, measured by a first untimed run before HF or anything big has run).
 Run:  python bench/bench_train.py [--corpus PATH] [--limit-mb 10] [--sizes 1024,4096,16384] [--repeat 1]
 """
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -70,15 +69,6 @@ def best_time(function, *args, repeat: int = 1) -> tuple[float, object]:
     return best, result
 
 
-def peak_rss_child(corpus: Path, limit_mb: float | None, vocab_size: int) -> str:
-    """Our training on the corpus in a fresh interpreter: (RSS after reading the text, peak RSS) in MiB."""
-    command = [sys.executable, __file__, "--corpus", str(corpus), "--sizes", str(vocab_size), "--_rss-child"]
-    if limit_mb is not None:
-        command += ["--limit-mb", str(limit_mb)]
-    done = subprocess.run(command, capture_output=True, text=True, check=True)
-    return done.stdout.strip()
-
-
 def max_rss_mib() -> float:
     # ru_maxrss is KiB on Linux (bytes on macOS).
     scale = 1 / (1024 * 1024) if sys.platform == "darwin" else 1 / 1024
@@ -93,7 +83,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="time each run this many times, report the best")
     parser.add_argument("--reference-kb", type=float, default=20, help="slice for the reference trainer (KB)")
     parser.add_argument("--reference-merges", type=int, default=300)
-    parser.add_argument("--_rss-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     sizes = [int(size) for size in args.sizes.split(",")]
     if any(size <= 256 for size in sizes):
@@ -104,11 +93,12 @@ def main(argv: list[str] | None = None) -> int:
 
     text = read_text(args.corpus, args.limit_mb)
     blocks = line_blocks(text)
-    if args._rss_child:
-        before = max_rss_mib()
-        train_ours(blocks, sizes[0])
-        print(f"{before:.0f} MiB after reading the text, {max_rss_mib():.0f} MiB peak")
-        return 0
+    # Peak memory first, while nothing bigger has run in this process (ru_maxrss only ever grows; a child process
+    # would not help: on Linux a spawned child starts from its parent's high-water mark).
+    rss_before = max_rss_mib()
+    train_ours(blocks, sizes[-1])
+    rss_peak = max_rss_mib()
+    import tokenizers  # noqa: F401  (imported here so that no timing below includes the import)
 
     print(f"corpus {args.corpus.name}: {len(text.encode('utf-8')) / 1e6:.1f} MB, {len(blocks)} blocks; "
           f"one thread; timed: pre-tokenize + count + merge (file reading excluded)")
@@ -126,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     same = "identical" if ref_merges == fast_merges else "DIFFERENT"
     print(f"reference trainer, {args.reference_kb:g} KB at {args.reference_merges} merges: {ref_time:.2f}s "
           f"(fast: {fast_time:.3f}s; merge lists {same})")
-    print(f"peak RSS, ours at vocab {sizes[-1]}: {peak_rss_child(args.corpus, args.limit_mb, sizes[-1])}")
+    print(f"peak RSS of our training at vocab {sizes[-1]}: {rss_peak:.0f} MiB ({rss_before:.0f} MiB before it: "
+          f"interpreter + text + blocks; so training added {rss_peak - rss_before:.0f} MiB)")
     print("note: one run each on a shared machine; timings are noisy (use --repeat N for the best of N)")
     return 0 if ref_merges == fast_merges else 1
 
