@@ -1,0 +1,68 @@
+"""Transformer layers as plain functions on arrays, plus RoPE and the KV cache: what the models are built from.
+
+Every function finds its namespace `xp` from its input arrays, so the same call runs on NumPy, array-api-strict
+and CuPy. No classes except KVCache, no parameters held here: models own their weights and pass them in.
+Conventions (shape letters as in `scratch`): weights are (C_in, C_out) and applied as `x @ w + b`; attention
+tensors are (B, H, T, D) for queries and (B, Hkv, S, D) for keys/values; masks are boolean, True = may attend.
+float32 in gives float32 out; float16 softmax/norms/activations compute in float32 internally.
+
+Public API
+    functional:  linear(x, w, b=None); embedding(ids, table); layer_norm(x, weight, bias, eps=1e-5);
+                 rms_norm(x, weight, eps=1e-6); erf(x); gelu(x); gelu_tanh(x); silu(x); softmax(x, axis=-1);
+                 mlp_gelu(x, w_fc, b_fc, w_proj, b_proj, approximate="tanh"|"none");
+                 mlp_swiglu(x, w_gate, w_up, w_down)
+    attention:   attention(q, k, v, mask=None, scale=None); attention_reference(same);
+                 causal_mask(T, S, xp) -> (T, S); padding_mask(attention_mask) -> (B, 1, 1, S);
+                 causal_padding_mask(attention_mask, T) -> (B, 1, T, S);
+                 position_ids_from_attention_mask(attention_mask) -> (B, S);
+                 split_heads(x, n_heads) (B, T, C) -> (B, H, T, D); merge_heads(x) (B, H, T, D) -> (B, T, C)
+    rope:        ROPE_TYPES; rope_inv_freq(head_dim, theta=10000.0, scaling=None, *, xp=None, dtype=None) -> (D/2,);
+                 rope_cos_sin(inv_freq, positions, dtype=None) -> cos, sin (B, 1, T, D);
+                 apply_rope(x, cos, sin, layout="half"|"interleaved"); permute_for_half_layout(w, n_heads)
+    kv_cache:    KVCache(xp, n_layers, batch_size, n_kv_heads, max_length, head_dim, dtype="float32") with
+                 .length, .update(layer, k_new, v_new) -> (k, v), .advance(T), .get(layer), .reorder(indices),
+                 .crop(length), .reset(), .nbytes, .bytes_per_token(); kv_bytes_per_token(n_layers, Hkv, D, bytes)
+
+One decoder step with a cache (T new tokens; the model owns the loop, the cache owns `length`):
+    offset = cache.length                                  # positions of the new tokens start here
+    cos, sin = rope_cos_sin(inv_freq, positions)           # positions = offset + arange(T), or from the mask
+    for i, layer in enumerate(layers):
+        q, k, v = ... split_heads(linear(...)) ...; q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        k, v = cache.update(i, k, v)                       # (B, Hkv, offset + T, D)
+        y = attention(q, k, v, mask=causal_mask(T, offset + T, xp))   # or causal_padding_mask(mask, T)
+    cache.advance(T)
+"""
+from scratch.nn.attention import (
+    attention,
+    attention_reference,
+    causal_mask,
+    causal_padding_mask,
+    merge_heads,
+    padding_mask,
+    position_ids_from_attention_mask,
+    split_heads,
+)
+from scratch.nn.functional import (
+    embedding,
+    erf,
+    gelu,
+    gelu_tanh,
+    layer_norm,
+    linear,
+    mlp_gelu,
+    mlp_swiglu,
+    rms_norm,
+    silu,
+    softmax,
+)
+from scratch.nn.kv_cache import KVCache, kv_bytes_per_token
+from scratch.nn.rope import ROPE_TYPES, apply_rope, permute_for_half_layout, rope_cos_sin, rope_inv_freq
+
+__all__ = [
+    "linear", "embedding", "layer_norm", "rms_norm", "erf", "gelu", "gelu_tanh", "silu", "softmax",
+    "mlp_gelu", "mlp_swiglu",
+    "attention", "attention_reference", "causal_mask", "padding_mask", "causal_padding_mask",
+    "position_ids_from_attention_mask", "split_heads", "merge_heads",
+    "ROPE_TYPES", "rope_inv_freq", "rope_cos_sin", "apply_rope", "permute_for_half_layout",
+    "KVCache", "kv_bytes_per_token",
+]

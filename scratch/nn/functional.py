@@ -1,0 +1,216 @@
+"""Stateless transformer building blocks: linear, embedding, norms, activations, softmax and the two MLPs.
+
+Every function takes arrays and finds its namespace `xp` from them (`backends.namespace_of`), so one code path runs
+on NumPy, array-api-strict and CuPy. Weights are stored (C_in, C_out) and applied as `x @ w + b`; loaders transpose
+PyTorch `nn.Linear` weights (stored (out, in)) once at load time, and GPT-2's Conv1D weights are already (in, out).
+dtype rule: float32 in gives float32 out (constants are Python floats, which never promote under NEP 50); float16
+inputs are computed in float32 inside softmax, the norms and the activations, then cast back -- what PyTorch's
+kernels do internally. Not here: attention (attention.py), RoPE (rope.py), the KV cache (kv_cache.py), autograd.
+Formulas: LayerNorm (Ba et al. 2016), RMSNorm (Zhang & Sennrich 2019), GELU (Hendrycks & Gimpel 2016), SwiGLU
+(Shazeer 2020); erf via Abramowitz & Stegun 7.1.5 (series) and a Chebyshev-fitted erfc for the tails.
+"""
+from __future__ import annotations
+
+import math
+
+import backends
+
+__all__ = [
+    "linear", "embedding", "layer_norm", "rms_norm",
+    "erf", "gelu", "gelu_tanh", "silu", "softmax",
+    "mlp_gelu", "mlp_swiglu",
+]
+
+
+def _xp(*arrays):
+    """The namespace shared by the arrays given (None entries, e.g. an absent bias, are skipped)."""
+    return backends.namespace_of(*(a for a in arrays if a is not None))
+
+
+def _compute_dtype(xp, dtype):
+    """float32 for half-precision inputs (the standard has no float16, so strict never gets here), else dtype."""
+    half = getattr(xp, "float16", None)
+    return xp.float32 if half is not None and dtype == half else dtype
+
+
+def _upcast(xp, x):
+    """(x in its compute dtype, the dtype to cast the result back to)."""
+    compute = _compute_dtype(xp, x.dtype)
+    return (x if compute == x.dtype else xp.astype(x, compute)), x.dtype
+
+
+def _cast(xp, x, dtype):
+    return x if x.dtype == dtype else xp.astype(x, dtype)
+
+
+# --- linear and embedding ----------------------------------------------------------------------------------------
+
+def linear(x, w, b=None):
+    """x @ w + b. x (..., C_in), w (C_in, C_out), b (C_out,) or None -> (..., C_out)."""
+    xp = _xp(x, w, b)
+    if x.shape[-1] != w.shape[0]:
+        raise ValueError(f"linear: x has {x.shape[-1]} input channels but w is {tuple(w.shape)} "
+                         f"(weights are stored (C_in, C_out); transpose torch nn.Linear weights at load)")
+    y = xp.matmul(x, w)  # (..., C_in) @ (C_in, C_out) -> (..., C_out)
+    return y if b is None else y + b
+
+
+def embedding(ids, table):
+    """Rows of `table` (V, C) picked by integer `ids` (any shape, e.g. (B, T)) -> ids.shape + (C,)."""
+    xp = _xp(ids, table)
+    flat = xp.reshape(ids, (-1,))                    # the standard's take wants 1-D indices
+    rows = xp.take(table, flat, axis=0)              # (B*T, C)
+    return xp.reshape(rows, tuple(ids.shape) + (table.shape[-1],))
+
+
+# --- normalisation ---------------------------------------------------------------------------------------------
+
+def layer_norm(x, weight, bias, eps: float = 1e-5):
+    """LayerNorm over the last axis: (x - mean) / sqrt(var + eps) * weight + bias, var biased (divide by C).
+
+    x (..., C), weight and bias (C,) (bias may be None). Half inputs: computed in float32, result cast back.
+    """
+    xp = _xp(x, weight, bias)
+    x32, out_dtype = _upcast(xp, x)
+    mean = xp.mean(x32, axis=-1, keepdims=True)                 # (..., 1)
+    centred = x32 - mean
+    var = xp.mean(centred * centred, axis=-1, keepdims=True)   # (..., 1), the biased (population) variance
+    y = centred / xp.sqrt(var + eps)
+    y = y * _cast(xp, weight, y.dtype)
+    if bias is not None:
+        y = y + _cast(xp, bias, y.dtype)
+    return _cast(xp, y, out_dtype)
+
+
+def rms_norm(x, weight, eps: float = 1e-6):
+    """RMSNorm as Hugging Face's LlamaRMSNorm: x / sqrt(mean(x^2) + eps), then times weight.
+
+    subtle: the mean of squares is taken in float32 and the normalised x is cast back to x's dtype BEFORE the
+    multiplication by weight (so a float16 model multiplies in float16, exactly as transformers does).
+    x (..., C), weight (C,) -> (..., C).
+    """
+    xp = _xp(x, weight)
+    x32, in_dtype = _upcast(xp, x)
+    ms = xp.mean(x32 * x32, axis=-1, keepdims=True)            # (..., 1) mean of squares
+    normed = _cast(xp, x32 / xp.sqrt(ms + eps), in_dtype)
+    return weight * normed
+
+
+# --- activations -----------------------------------------------------------------------------------------------
+
+# erf: two pieces, each accurate to about one float32 ulp.
+#  |x| < 0.5: the Maclaurin series erf(x) = 2/sqrt(pi) * sum_n (-1)^n x^(2n+1) / (n! (2n+1)) (A&S 7.1.5), 8 terms;
+#             the first omitted term is below 1e-9 relative there. The series keeps full RELATIVE accuracy near 0,
+#             where 1 - erfc(x) would lose it.
+#  |x| >= 0.5: erf = 1 - erfc(|x|), with erfc(z) = t exp(-z^2 + P(t)), t = 1 / (1 + z/2), P a degree-9 Chebyshev
+#             fit whose fractional error is below 1.2e-7 for every z >= 0 (the classic `erfcc` coefficients).
+_ERF_SERIES = tuple(2.0 / math.sqrt(math.pi) * (-1) ** n / (math.factorial(n) * (2 * n + 1)) for n in range(8))
+_ERFC_CHEB = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806,
+              0.27886807, -1.13520398, 1.48851587, -0.82215223, 0.17087277)
+
+
+def _erf_pieces(xp, x):
+    """(erf(x) for |x| < 0.5 by the series, erfc(|x|) by the Chebyshev fit), each safe to evaluate everywhere."""
+    small = xp.clip(x, -0.5, 0.5)                 # clipped so the unused branch never overflows
+    s2 = small * small
+    series = _ERF_SERIES[-1]
+    for c in reversed(_ERF_SERIES[:-1]):          # Horner in x^2
+        series = c + s2 * series
+    series = small * series
+    z = xp.clip(xp.abs(x), 0.0, 10.0)             # erf(10) == 1 in float32 and float64: clip avoids exp underflow
+    t = 1.0 / (1.0 + 0.5 * z)
+    poly = _ERFC_CHEB[-1]
+    for c in reversed(_ERFC_CHEB[:-1]):           # Horner in t
+        poly = c + t * poly
+    erfc = t * xp.exp(poly - z * z)
+    return series, erfc
+
+
+def _erf_float(xp, x):
+    series, erfc = _erf_pieces(xp, x)
+    tail = xp.where(x < 0.0, erfc - 1.0, 1.0 - erfc)
+    return xp.where(xp.abs(x) < 0.5, series, tail)
+
+
+def _one_plus_erf(xp, x):
+    """1 + erf(x), which is erfc(-x): for x <= -0.5 returned as erfc(|x|) directly, so GELU's negative tail keeps
+    its relative accuracy instead of cancelling 1 + (erfc - 1)."""
+    series, erfc = _erf_pieces(xp, x)
+    return xp.where(x <= -0.5, erfc, xp.where(x < 0.5, 1.0 + series, 2.0 - erfc))
+
+
+def erf(x):
+    """The error function, elementwise, to float32 accuracy (about 1e-7 relative) -- NumPy and the Array API have
+    none. float64 inputs get the same float32-accurate approximation (documented, not hidden)."""
+    xp = _xp(x)
+    x32, out_dtype = _upcast(xp, x)
+    return _cast(xp, _erf_float(xp, x32), out_dtype)
+
+
+def gelu(x):
+    """Exact GELU, x * Phi(x) = 0.5 x (1 + erf(x / sqrt(2))): BERT's "gelu" and torch's default."""
+    xp = _xp(x)
+    x32, out_dtype = _upcast(xp, x)
+    y = 0.5 * x32 * _one_plus_erf(xp, x32 * (1.0 / math.sqrt(2.0)))
+    return _cast(xp, y, out_dtype)
+
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+def gelu_tanh(x):
+    """GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). GPT-2's "gelu_new"."""
+    xp = _xp(x)
+    x32, out_dtype = _upcast(xp, x)
+    inner = _SQRT_2_OVER_PI * (x32 + 0.044715 * (x32 * x32 * x32))
+    return _cast(xp, 0.5 * x32 * (1.0 + xp.tanh(inner)), out_dtype)
+
+
+def silu(x):
+    """SiLU (swish), x * sigmoid(x). The sigmoid is written with exp(-|x|), which never overflows."""
+    xp = _xp(x)
+    x32, out_dtype = _upcast(xp, x)
+    e = xp.exp(-xp.abs(x32))                                       # in (0, 1]
+    sigmoid = xp.where(x32 >= 0.0, 1.0 / (1.0 + e), e / (1.0 + e))
+    return _cast(xp, x32 * sigmoid, out_dtype)
+
+
+def softmax(x, axis: int = -1):
+    """exp(x - max) / sum(exp(x - max)) along `axis`. Half inputs are computed in float32 and cast back.
+
+    subtle: a row that is entirely -inf (a query with nothing it may attend to) gives zeros, not NaN: its max is
+    replaced by 0 so exp(-inf - 0) = 0, and its zero sum by 1.
+    """
+    xp = _xp(x)
+    x32, out_dtype = _upcast(xp, x)
+    m = xp.max(x32, axis=axis, keepdims=True)
+    m = xp.where(xp.isfinite(m), m, xp.zeros_like(m))
+    e = xp.exp(x32 - m)
+    total = xp.sum(e, axis=axis, keepdims=True)
+    total = xp.where(total == 0.0, xp.ones_like(total), total)
+    return _cast(xp, e / total, out_dtype)
+
+
+# --- MLPs ------------------------------------------------------------------------------------------------------
+
+def mlp_gelu(x, w_fc, b_fc, w_proj, b_proj, approximate: str = "tanh"):
+    """The GPT-2 / BERT feed-forward block: proj(gelu(fc(x))). x (..., C), w_fc (C, F), w_proj (F, C) -> (..., C).
+
+    approximate="tanh" is GPT-2's gelu_new, "none" the exact erf GELU (BERT).
+    """
+    if approximate == "tanh":
+        act = gelu_tanh
+    elif approximate == "none":
+        act = gelu
+    else:
+        raise ValueError(f"mlp_gelu: approximate must be 'tanh' or 'none', got {approximate!r}")
+    return linear(act(linear(x, w_fc, b_fc)), w_proj, b_proj)
+
+
+def mlp_swiglu(x, w_gate, w_up, w_down):
+    """The Llama feed-forward block: down(silu(gate(x)) * up(x)), no biases.
+
+    x (..., C), w_gate and w_up (C, F), w_down (F, C) -> (..., C). (F is the config's intermediate_size; Llama's
+    rule for it -- 2/3 of 4C, rounded up to a multiple -- lives in the config, not here.)
+    """
+    return linear(silu(linear(x, w_gate)) * linear(x, w_up), w_down)

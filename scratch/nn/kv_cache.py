@@ -1,0 +1,174 @@
+"""The key/value cache for autoregressive decoding: preallocated buffers and one owner of the current length.
+
+A decoder's keys and values for positions already processed never change, so each step computes K and V for the T
+new tokens only, writes them at [length, length + T) of a buffer allocated once, and attends over [0, length + T).
+This is the cache of Meta's reference Llama (slices written at start_pos), not a list grown by concatenation
+(which copies the whole prefix every step). Not here: paged/block caches, quantised caches, sliding windows,
+eviction. Left padding needs nothing from the cache: it stores every position; the model's (B, S) attention mask
+says which are real.
+"""
+from __future__ import annotations
+
+import numbers
+
+__all__ = ["KVCache", "kv_bytes_per_token"]
+
+
+def kv_bytes_per_token(n_layers: int, n_kv_heads: int, head_dim: int, bytes_per_element: int) -> int:
+    """Cache memory for one token of one sequence: K and V (2) for every layer, kv head and head channel."""
+    return 2 * n_layers * n_kv_heads * head_dim * bytes_per_element
+
+
+def _itemsize(xp, dtype) -> int:
+    """Bytes per element from the standard's finfo/iinfo (the standard has no `itemsize`)."""
+    try:
+        return xp.finfo(dtype).bits // 8
+    except (TypeError, ValueError):
+        return xp.iinfo(dtype).bits // 8
+
+
+class KVCache:
+    """Per-layer K and V buffers, each (B, Hkv, S_max, D), and the number of positions filled, `length`.
+
+    KVCache(xp, n_layers, batch_size, n_kv_heads, max_length, head_dim, dtype): `xp` is a namespace or a Backend;
+    `dtype` a dtype of that namespace or a name ("float32"). Buffers are allocated once with xp.zeros.
+
+    The protocol of one forward step over T new tokens (the rule that keeps `length` advancing exactly once):
+      1. every layer i calls `k, v = cache.update(i, k_new, v_new)` with its (B, Hkv, T, D) keys and values; it
+         writes positions [length, length + T) and returns views over [0, length + T) to attend over;
+      2. after the last layer the model calls `cache.advance(T)`, which checks that every layer wrote exactly T
+         positions this step and then moves `length` forward. `update` never moves it.
+    Before a step, `cache.length` is the position offset of the new tokens (RoPE positions, causal mask offset).
+    """
+
+    def __init__(self, xp, n_layers: int, batch_size: int, n_kv_heads: int, max_length: int, head_dim: int,
+                 dtype="float32"):
+        xp = getattr(xp, "xp", xp)
+        for name, value in (("n_layers", n_layers), ("batch_size", batch_size), ("n_kv_heads", n_kv_heads),
+                            ("max_length", max_length), ("head_dim", head_dim)):
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"KVCache: {name} must be a positive integer, got {value!r}")
+        if isinstance(dtype, str):
+            if not hasattr(xp, dtype):
+                raise ValueError(f"KVCache: dtype {dtype!r} is not a dtype of {xp.__name__}")
+            dtype = getattr(xp, dtype)
+        self.xp = xp
+        self.n_layers, self.n_kv_heads = int(n_layers), int(n_kv_heads)
+        self.max_length, self.head_dim = int(max_length), int(head_dim)
+        self.dtype = dtype
+        shape = (batch_size, n_kv_heads, max_length, head_dim)      # (B, Hkv, S_max, D)
+        self._k = [xp.zeros(shape, dtype=dtype) for _ in range(n_layers)]
+        self._v = [xp.zeros(shape, dtype=dtype) for _ in range(n_layers)]
+        self._length = 0
+        self._step = None            # T of the step in progress (between the first update and advance), or None
+        self._written = set()        # layers that wrote in the step in progress
+
+    # --- state ---------------------------------------------------------------------------------------------------
+    @property
+    def length(self) -> int:
+        """Positions filled in every layer (the only record of it; read-only -- change it with advance/crop/reset)."""
+        return self._length
+
+    @property
+    def batch_size(self) -> int:
+        return self._k[0].shape[0]
+
+    @property
+    def remaining(self) -> int:
+        return self.max_length - self._length
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by all buffers (allocated capacity, not just the filled part)."""
+        return 2 * self.n_layers * self.batch_size * self.n_kv_heads * self.max_length * self.head_dim * \
+            _itemsize(self.xp, self.dtype)
+
+    def bytes_per_token(self) -> int:
+        """Bytes one more position costs for one sequence: 2 * n_layers * Hkv * D * bytes_per_element."""
+        return kv_bytes_per_token(self.n_layers, self.n_kv_heads, self.head_dim, _itemsize(self.xp, self.dtype))
+
+    def __repr__(self) -> str:
+        return (f"KVCache(layers={self.n_layers}, B={self.batch_size}, Hkv={self.n_kv_heads}, "
+                f"length={self._length}/{self.max_length}, D={self.head_dim}, "
+                f"dtype={getattr(self.dtype, '__name__', self.dtype)})")
+
+    # --- one step ------------------------------------------------------------------------------------------------
+    def update(self, layer: int, k_new, v_new):
+        """Write (B, Hkv, T, D) keys/values at [length, length + T) of `layer`; return views over [0, length + T)."""
+        if not 0 <= layer < self.n_layers:
+            raise ValueError(f"KVCache.update: layer {layer} out of range 0..{self.n_layers - 1}")
+        expected = (self.batch_size, self.n_kv_heads)
+        if k_new.ndim != 4 or tuple(k_new.shape[:2]) != expected or k_new.shape[3] != self.head_dim:
+            raise ValueError(f"KVCache.update: k_new shape {tuple(k_new.shape)} is not (B, Hkv, T, D) = "
+                             f"({expected[0]}, {expected[1]}, T, {self.head_dim})")
+        if tuple(v_new.shape) != tuple(k_new.shape):
+            raise ValueError(f"KVCache.update: v_new shape {tuple(v_new.shape)} != k_new shape {tuple(k_new.shape)}")
+        if k_new.dtype != self.dtype or v_new.dtype != self.dtype:
+            raise TypeError(f"KVCache.update: k/v dtypes {k_new.dtype}/{v_new.dtype} differ from the cache's "
+                            f"{self.dtype}")
+        T = k_new.shape[2]
+        if self._length + T > self.max_length:
+            raise ValueError(f"KVCache.update: writing T={T} positions at length={self._length} exceeds "
+                             f"max_length={self.max_length}")
+        if self._step is not None and T != self._step:
+            raise ValueError(f"KVCache.update: layer {layer} writes T={T} but this step writes T={self._step}; "
+                             f"call advance() between steps")
+        if layer in self._written:
+            raise ValueError(f"KVCache.update: layer {layer} already wrote this step; call advance({self._step}) "
+                             f"after the last layer")
+        self._step = T
+        self._written.add(layer)
+        start, end = self._length, self._length + T
+        self._k[layer][:, :, start:end, :] = k_new
+        self._v[layer][:, :, start:end, :] = v_new
+        return self._k[layer][:, :, :end, :], self._v[layer][:, :, :end, :]   # (B, Hkv, length + T, D) views
+
+    def advance(self, T: int) -> None:
+        """End the step: every layer must have written exactly T positions; `length` grows by T."""
+        if self._step is None:
+            raise ValueError(f"KVCache.advance({T}): no layer wrote since the last advance")
+        if T != self._step:
+            raise ValueError(f"KVCache.advance({T}): the layers wrote T={self._step} positions this step")
+        if len(self._written) != self.n_layers:
+            missing = sorted(set(range(self.n_layers)) - self._written)
+            raise ValueError(f"KVCache.advance({T}): layers {missing} did not write this step")
+        self._length += T
+        self._step, self._written = None, set()
+
+    def get(self, layer: int):
+        """Views of `layer`'s filled keys and values, each (B, Hkv, length, D)."""
+        return self._k[layer][:, :, :self._length, :], self._v[layer][:, :, :self._length, :]
+
+    # --- between steps -------------------------------------------------------------------------------------------
+    def _between_steps(self, what: str) -> None:
+        if self._step is not None:
+            raise ValueError(f"KVCache.{what}: a step is in progress (layers {sorted(self._written)} wrote "
+                             f"T={self._step}); call advance() first")
+
+    def reorder(self, indices) -> None:
+        """Beam search: row b of the new cache is row indices[b] of the old one, in every layer.
+
+        indices: (B_new,) integers (array of this backend, or a list); B_new may differ from B (e.g. expanding one
+        prompt into several beams). One gather per buffer (xp.take copies the whole buffer once).
+        """
+        self._between_steps("reorder")
+        xp = self.xp
+        if not hasattr(indices, "shape"):
+            indices = xp.asarray(indices, dtype=xp.int64)
+        if indices.ndim != 1 or indices.shape[0] == 0:
+            raise ValueError(f"KVCache.reorder: indices must be a non-empty 1-D array, got shape {tuple(indices.shape)}")
+        self._k = [xp.take(buf, indices, axis=0) for buf in self._k]
+        self._v = [xp.take(buf, indices, axis=0) for buf in self._v]
+
+    def crop(self, length: int) -> None:
+        """Speculative decoding: forget positions >= length (0 <= length <= self.length). The data stays; later
+        writes overwrite it."""
+        self._between_steps("crop")
+        if not isinstance(length, numbers.Integral) or not 0 <= length <= self._length:
+            raise ValueError(f"KVCache.crop: length must be in 0..{self._length}, got {length!r}")
+        self._length = int(length)
+
+    def reset(self) -> None:
+        """Empty the cache for a new sequence (buffers are kept, not zeroed: nothing past `length` is ever read)."""
+        self._length = 0
+        self._step, self._written = None, set()

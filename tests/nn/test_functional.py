@@ -1,0 +1,198 @@
+"""scratch.nn.functional against PyTorch (CPU) on random inputs, on every backend: values, shapes and dtypes."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as TF
+from hypothesis import given
+from hypothesis import strategies as st
+
+import backends
+from scratch.nn import functional as F
+
+# float32 tolerance for a few dozen accumulated roundings (matmuls over C <= 64, reductions, exp/tanh).
+RTOL, ATOL = 1e-5, 1e-5
+
+
+def host(rng, *shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def check(backend, out, expected, shape, rtol=RTOL, atol=ATOL, dtype="float32"):
+    assert backends.of(out) is backend, "output must stay on the input's backend"
+    assert out.dtype == backend.dtype(dtype)
+    assert tuple(out.shape) == tuple(shape)
+    np.testing.assert_allclose(backend.to_numpy(out), np.asarray(expected), rtol=rtol, atol=atol)
+
+
+def t(a):
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def test_linear_matches_torch(backend):
+    rng = backends.rng(0)
+    x, w, b = host(rng, 2, 5, 8), host(rng, 8, 6), host(rng, 6)
+    expected = TF.linear(t(x), t(w.T), t(b)).numpy()              # torch stores (out, in); ours is (in, out)
+    X, W, Bv = (backend.asarray(a) for a in (x, w, b))
+    check(backend, F.linear(X, W, Bv), expected, (2, 5, 6))
+    check(backend, F.linear(X, W), TF.linear(t(x), t(w.T)).numpy(), (2, 5, 6))
+
+
+def test_linear_rejects_torch_layout(backend):
+    x = backend.asarray(np.zeros((2, 8), np.float32))
+    with pytest.raises(ValueError, match=r"C_in, C_out"):
+        F.linear(x, backend.asarray(np.zeros((6, 8), np.float32)))
+
+
+def test_embedding_matches_torch(backend):
+    rng = backends.rng(1)
+    table = host(rng, 11, 4)
+    ids = rng.integers(0, 11, size=(3, 7)).astype(np.int64)
+    out = F.embedding(backend.asarray(ids), backend.asarray(table))
+    check(backend, out, TF.embedding(t(ids), t(table)).numpy(), (3, 7, 4))
+
+
+def test_layer_norm_matches_torch(backend):
+    rng = backends.rng(2)
+    x, w, b = host(rng, 2, 3, 16, scale=3.0) + 5.0, host(rng, 16), host(rng, 16)
+    for eps in (1e-5, 1e-12):                                      # GPT-2's and BERT's eps
+        expected = TF.layer_norm(t(x), (16,), t(w), t(b), eps).numpy()
+        out = F.layer_norm(backend.asarray(x), backend.asarray(w), backend.asarray(b), eps)
+        check(backend, out, expected, x.shape)
+
+
+def test_rms_norm_matches_transformers(backend):
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+    rng = backends.rng(3)
+    x, w = host(rng, 2, 5, 32, scale=2.0), host(rng, 32)
+    ref = LlamaRMSNorm(32, eps=1e-6)
+    with torch.no_grad():
+        ref.weight.copy_(t(w))
+        expected = ref(t(x)).numpy()
+    check(backend, F.rms_norm(backend.asarray(x), backend.asarray(w), 1e-6), expected, x.shape)
+
+
+def test_rms_norm_float16_casts_before_weight():
+    """HF casts the normalised x back to float16 before multiplying by the weight: we must round at the same spot."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+    rng = backends.rng(4)
+    x, w = host(rng, 3, 64, scale=4.0).astype(np.float16), host(rng, 64).astype(np.float16)
+    ref = LlamaRMSNorm(64, eps=1e-5).half()
+    with torch.no_grad():
+        ref.weight.copy_(t(w))
+        expected = ref(t(x)).numpy()
+    out = F.rms_norm(x, w, 1e-5)
+    assert out.dtype == np.float16
+    np.testing.assert_allclose(out.astype(np.float32), expected.astype(np.float32), rtol=1e-3, atol=1e-3)
+
+
+def test_half_inputs_keep_dtype_and_match_float32():
+    rng = backends.rng(5)
+    x = host(rng, 4, 33, scale=4.0).astype(np.float16)
+    w, b = host(rng, 33).astype(np.float16), host(rng, 33).astype(np.float16)
+    x32, w32, b32 = x.astype(np.float32), w.astype(np.float32), b.astype(np.float32)
+    pairs = [
+        (F.softmax(x), F.softmax(x32)),
+        (F.layer_norm(x, w, b, 1e-5), F.layer_norm(x32, w32, b32, 1e-5)),
+        (F.gelu(x), F.gelu(x32)), (F.gelu_tanh(x), F.gelu_tanh(x32)), (F.silu(x), F.silu(x32)),
+        (F.erf(x), F.erf(x32)),
+    ]
+    for half, single in pairs:
+        assert half.dtype == np.float16
+        # computed in float32 and rounded once: within half an fp16 ulp (2^-11 relative) of the float32 result
+        np.testing.assert_allclose(half.astype(np.float32), single, rtol=2 ** -10, atol=1e-4)
+
+
+def test_erf_matches_math_erf_including_tails(backend):
+    # dense over the body, geometric near zero (relative accuracy there), and deep tails where erf == +-1
+    grid = np.concatenate([np.linspace(-9.0, 9.0, 20001), np.geomspace(1e-30, 1.0, 400),
+                           -np.geomspace(1e-30, 1.0, 400), [0.0, -0.0, 20.0, -50.0, 1e30, -1e30]])
+    x = grid.astype(np.float32)
+    expected = np.array([math.erf(float(v)) for v in x])
+    out = F.erf(backend.asarray(x))
+    assert out.dtype == backend.xp.float32 and tuple(out.shape) == x.shape
+    got = backend.to_numpy(out).astype(np.float64)
+    # a few float32 ulps: 4e-7 relative everywhere (the two-piece approximation is ~1 ulp, rounding adds the rest)
+    np.testing.assert_allclose(got, expected, rtol=4e-7, atol=1e-37)
+    assert np.all(np.abs(got) <= 1.0)
+
+
+def test_erf_propagates_nan_and_saturates_inf():
+    out = F.erf(np.array([np.nan, np.inf, -np.inf], dtype=np.float32))
+    assert np.isnan(out[0]) and out[1] == 1.0 and out[2] == -1.0
+
+
+@pytest.mark.parametrize("name", ["gelu", "gelu_tanh", "silu"])
+def test_activations_match_torch(backend, name):
+    x = np.concatenate([np.linspace(-20, 20, 4001), [-100.0, 100.0, -1e4, 1e4]]).astype(np.float32)
+    reference = {"gelu": lambda a: TF.gelu(a), "gelu_tanh": lambda a: TF.gelu(a, approximate="tanh"),
+                 "silu": TF.silu}[name]
+    expected = reference(t(x)).numpy()
+    out = getattr(F, name)(backend.asarray(x))
+    # atol 2e-6: torch's own exact GELU cancels 1 + erf(x) in the negative tail (our tail is more accurate)
+    check(backend, out, expected, x.shape, rtol=2e-6, atol=2e-6)
+    assert not np.any(np.isnan(backend.to_numpy(out)))
+
+
+def test_gelu_negative_tail_keeps_relative_accuracy():
+    x = np.array([-3.0, -5.0, -8.0], dtype=np.float32)
+    exact = np.array([0.5 * v * math.erfc(-v / math.sqrt(2.0)) for v in x.astype(np.float64)])
+    np.testing.assert_allclose(F.gelu(x), exact, rtol=2e-5)
+
+
+def test_softmax_matches_torch_and_masked_rows_are_zero(backend):
+    rng = backends.rng(6)
+    x = host(rng, 3, 4, 9, scale=10.0)
+    x[0, 1, :] = -np.inf                               # a fully masked row
+    x[1, 2, :4] = -np.inf                              # a partly masked row
+    x[2, 0, 3] = 80.0                                  # exp(80) overflows float32 without the max subtraction
+    expected = TF.softmax(t(x), dim=-1).numpy()
+    expected[0, 1, :] = 0.0                            # torch gives NaN there; we promise zeros
+    for axis in (-1, 1):
+        out = F.softmax(backend.asarray(x), axis=axis)
+        ref = expected if axis == -1 else np.nan_to_num(TF.softmax(t(x), dim=axis).numpy(), nan=0.0)
+        check(backend, out, ref, x.shape, rtol=1e-6, atol=1e-7)
+
+
+def test_mlp_gelu_matches_torch(backend):
+    rng = backends.rng(7)
+    x = host(rng, 2, 3, 8)
+    w_fc, b_fc, w_proj, b_proj = host(rng, 8, 32), host(rng, 32), host(rng, 32, 8), host(rng, 8)
+    args = [backend.asarray(a) for a in (x, w_fc, b_fc, w_proj, b_proj)]
+    for approximate in ("tanh", "none"):
+        hidden = TF.gelu(t(x) @ t(w_fc) + t(b_fc), approximate=approximate)
+        expected = (hidden @ t(w_proj) + t(b_proj)).numpy()
+        check(backend, F.mlp_gelu(*args, approximate=approximate), expected, (2, 3, 8))
+    with pytest.raises(ValueError, match="approximate"):
+        F.mlp_gelu(*args, approximate="erf")
+
+
+def test_mlp_swiglu_matches_transformers(backend):
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaMLP
+    rng = backends.rng(8)
+    C, Fw = 16, 40
+    x, w_gate, w_up, w_down = host(rng, 2, 3, C), host(rng, C, Fw), host(rng, C, Fw), host(rng, Fw, C)
+    mlp = LlamaMLP(LlamaConfig(hidden_size=C, intermediate_size=Fw, hidden_act="silu",
+                                  num_attention_heads=2, num_key_value_heads=2))
+    with torch.no_grad():
+        mlp.gate_proj.weight.copy_(t(w_gate.T))       # torch (out, in) <- ours (in, out)
+        mlp.up_proj.weight.copy_(t(w_up.T))
+        mlp.down_proj.weight.copy_(t(w_down.T))
+        expected = mlp(t(x)).numpy()
+    out = F.mlp_swiglu(*(backend.asarray(a) for a in (x, w_gate, w_up, w_down)))
+    check(backend, out, expected, (2, 3, C))
+
+
+@given(st.integers(0, 2 ** 32 - 1), st.integers(1, 40))
+def test_layer_norm_output_is_normalised(seed, C):
+    """With unit weight and zero bias each row has mean 0 and variance var/(var+eps) -- a property, any input."""
+    x = host(np.random.default_rng(seed), 3, C, scale=5.0)
+    y = F.layer_norm(x, np.ones(C, np.float32), np.zeros(C, np.float32), 1e-5)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y.mean(axis=-1), 0.0, atol=1e-5)
+    var = x.astype(np.float64).var(axis=-1)
+    np.testing.assert_allclose(y.astype(np.float64).var(axis=-1), var / (var + 1e-5), rtol=1e-4, atol=1e-6)
