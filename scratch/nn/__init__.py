@@ -23,6 +23,10 @@ Public API
                  .length, .update(layer, k_new, v_new) -> (k, v), .advance(T), .get(layer), .reorder(indices),
                  .crop(length), .reset(), .nbytes, .bytes_per_token(); kv_bytes_per_token(n_layers, Hkv, D, bytes)
 
+subtle: `scratch.nn.attention` is the FUNCTION (re-exported here), which shadows the submodule of the same name as
+an attribute; import names (`from scratch.nn import attention` or `from scratch.nn.attention import causal_mask`),
+not the module object.
+
 One decoder step with a cache (T new tokens; the model owns the loop, the cache owns `length`):
     offset = cache.length                                  # positions of the new tokens start here
     cos, sin = rope_cos_sin(inv_freq, positions)           # positions = offset + arange(T), or from the mask
