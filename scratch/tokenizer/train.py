@@ -84,7 +84,7 @@ def _checked_inputs(chunk_counts: Mapping[str, int], num_merges: int) -> list[tu
             ids = list(chunk.encode("utf-8"))
         except UnicodeEncodeError as error:
             raise ValueError(f"chunk {chunk!r:.80} is not encodable as UTF-8 ({error.reason})") from None
-        if count > 0 and len(ids) >= 2:  # a single byte has no pair: it can never take part in a merge
+        if count > 0:
             words.append((ids, count))
     return words
 
@@ -193,7 +193,8 @@ def train_merges(chunk_counts: Mapping[str, int], num_merges: int,
     every pair; `where` maps a pair to the words that may hold it; a heap of (-count, left, right) finds the best
     pair. A merge rewrites only the words in `where[pair]` and patches the counts around each occurrence.
     """
-    words = _checked_inputs(chunk_counts, num_merges)
+    # A one-byte chunk has no pair and can never take part in a merge: leave it out.
+    words = [(ids, count) for ids, count in _checked_inputs(chunk_counts, num_merges) if len(ids) >= 2]
     reporter = _Reporter(progress, num_merges)
     ids_of = [ids for ids, _ in words]
     weight = [count for _, count in words]
