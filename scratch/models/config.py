@@ -220,10 +220,11 @@ class LlamaConfig:
         if self.num_key_value_heads is None:
             object.__setattr__(self, "num_key_value_heads", self.num_attention_heads)
         _check_positive_int("LlamaConfig", "num_key_value_heads", self.num_key_value_heads)
+        # transformers 5 requires this even when head_dim is given (and H * D then need not equal C).
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"LlamaConfig.hidden_size ({self.hidden_size}) must be divisible by "
+                             f"num_attention_heads ({self.num_attention_heads})")
         if self.head_dim is None:
-            if self.hidden_size % self.num_attention_heads:
-                raise ValueError(f"LlamaConfig.hidden_size ({self.hidden_size}) must be divisible by "
-                                 f"num_attention_heads ({self.num_attention_heads}) unless head_dim is given")
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
         _check_positive_int("LlamaConfig", "head_dim", self.head_dim)
         if self.num_attention_heads % self.num_key_value_heads:

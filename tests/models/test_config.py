@@ -64,8 +64,8 @@ def test_configs_are_frozen_and_hashable():
 
 
 def test_head_dim_may_differ_from_hidden_over_heads():
-    # Some models project to H * D != C; then C need not divide by H.
-    config = tiny_llama(hidden_size=30, num_attention_heads=4, head_dim=16)
+    # Some models project to H * D != C (transformers 5 still wants C divisible by H).
+    config = tiny_llama(hidden_size=32, num_attention_heads=4, head_dim=16)
     assert config.head_dim == 16
 
 
@@ -80,6 +80,7 @@ def test_head_dim_may_differ_from_hidden_over_heads():
     (lambda: GPT2Config(layer_norm_epsilon=0.0), "layer_norm_epsilon"),
     (lambda: GPT2Config(eos_token_id=-1), "eos_token_id"),
     (lambda: tiny_llama(hidden_size=30), "hidden_size"),
+    (lambda: tiny_llama(hidden_size=30, head_dim=8), "hidden_size"),
     (lambda: tiny_llama(num_key_value_heads=3), "num_attention_heads"),
     (lambda: tiny_llama(head_dim=7), "head_dim"),
     (lambda: tiny_llama(num_key_value_heads=0), "num_key_value_heads"),
