@@ -41,6 +41,11 @@ def _check_choice(owner: str, name: str, value: Any, known: tuple[str, ...]) -> 
         raise ValueError(f"{owner}.{name} {value!r} is not supported; known: {', '.join(known)}")
 
 
+def _check_bool(owner: str, name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{owner}.{name} must be true or false, got {value!r}")
+
+
 def _check_token_id(owner: str, name: str, value: Any) -> None:
     if value is None:
         return
@@ -150,6 +155,7 @@ class GPT2Config:
             raise ValueError(f"GPT2Config.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         _check_positive_float("GPT2Config", "layer_norm_epsilon", self.layer_norm_epsilon)
         _check_choice("GPT2Config", "activation", self.activation, ACTIVATIONS)
+        _check_bool("GPT2Config", "tie_word_embeddings", self.tie_word_embeddings)
         _check_token_id("GPT2Config", "bos_token_id", self.bos_token_id)
         _check_token_id("GPT2Config", "eos_token_id", self.eos_token_id)
 
@@ -237,6 +243,8 @@ class LlamaConfig:
         if self.rope_scaling is not None and not isinstance(self.rope_scaling, RopeScaling):
             raise ValueError(f"LlamaConfig.rope_scaling must be a RopeScaling or None, got {self.rope_scaling!r}")
         _check_choice("LlamaConfig", "hidden_act", self.hidden_act, ACTIVATIONS)
+        for name in ("tie_word_embeddings", "attention_bias", "mlp_bias"):
+            _check_bool("LlamaConfig", name, getattr(self, name))
         _check_token_id("LlamaConfig", "bos_token_id", self.bos_token_id)
         _check_token_id("LlamaConfig", "eos_token_id", self.eos_token_id)
 

@@ -162,7 +162,9 @@ def _open(path: Path, offset: int, size: int) -> np.ndarray:
     """The data buffer as uint8, memory-mapped copy-on-write: pages are read on first touch, writes stay private."""
     if size == 0:  # mmap cannot map zero bytes
         return np.zeros(0, dtype=np.uint8)
-    return np.memmap(path, dtype=np.uint8, mode="c", offset=offset, shape=(size,))
+    # np.asarray drops the np.memmap subclass (whose results of arithmetic are odd memmaps) but keeps the mapping
+    # alive through .base.
+    return np.asarray(np.memmap(path, dtype=np.uint8, mode="c", offset=offset, shape=(size,)))
 
 
 def _tensor(buffer: np.ndarray, info: dict[str, Any]) -> np.ndarray:

@@ -90,6 +90,8 @@ def test_head_dim_may_differ_from_hidden_over_heads():
     (lambda: tiny_llama(hidden_act="tanh"), "hidden_act"),
     (lambda: tiny_llama(rope_scaling={"rope_type": "linear"}), "rope_scaling"),
     (lambda: tiny_llama(intermediate_size=2.5), "intermediate_size"),
+    (lambda: tiny_llama(mlp_bias="no"), "mlp_bias"),
+    (lambda: GPT2Config(tie_word_embeddings=1), "tie_word_embeddings"),
     (lambda: RopeScaling(rope_type="yarn"), "rope_type"),
     (lambda: RopeScaling(rope_type="linear", factor=0.0), "factor"),
     (lambda: RopeScaling(rope_type="llama3", factor=8.0), "original_max_position_embeddings"),

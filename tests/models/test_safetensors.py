@@ -109,6 +109,7 @@ def test_non_native_byte_order_and_non_contiguous_input(tmp_path):
 def test_loaded_arrays_are_private_copies_on_write(tmp_path):
     path = save_file({"w": np.zeros(4, np.float32)}, tmp_path / "x.safetensors")
     w = load_file(path)["w"]
+    assert type(w) is np.ndarray  # a plain array (memory-mapped underneath), not an np.memmap
     w[0] = 7.0  # allowed, and must not reach the file
     assert load_file(path)["w"][0] == 0.0
 
