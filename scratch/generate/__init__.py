@@ -1,0 +1,46 @@
+"""Decoding: the model-independent half of generation -- configuration, logits processors/warpers, samplers.
+
+`GenerationConfig` names every knob (transformers' names); `build_processors(config)` turns it into the list of
+(input_ids (B, T), scores (B, V)) -> scores functions transformers would apply, in the same order; `apply` runs
+them; `greedy` and `sample` pick the next token (the uniform draw is passed in). The generation loop itself lives
+with the models, which own the KV cache. See docs/decoding.md.
+"""
+from scratch.generate.config import GenerationConfig
+from scratch.generate.processors import (
+    Epsilon,
+    Eta,
+    FrequencyPresencePenalty,
+    MinLength,
+    MinNewTokens,
+    MinP,
+    NoBadWords,
+    NoRepeatNGram,
+    RepetitionPenalty,
+    SequenceBias,
+    SuppressTokens,
+    SuppressTokensAtBegin,
+    Temperature,
+    TopK,
+    TopP,
+    Typical,
+    apply,
+    build_processors,
+    log_softmax,
+    softmax,
+    token_counts,
+)
+from scratch.generate.sampling import (
+    draw_uniforms,
+    greedy,
+    sample,
+    sample_from_probs,
+    sample_multinomial_reference,
+)
+
+__all__ = [
+    "GenerationConfig", "build_processors", "apply", "softmax", "log_softmax", "token_counts",
+    "RepetitionPenalty", "FrequencyPresencePenalty", "NoRepeatNGram", "MinLength", "MinNewTokens",
+    "SuppressTokens", "SuppressTokensAtBegin", "SequenceBias", "NoBadWords",
+    "Temperature", "TopK", "TopP", "MinP", "Typical", "Epsilon", "Eta",
+    "greedy", "draw_uniforms", "sample_from_probs", "sample", "sample_multinomial_reference",
+]

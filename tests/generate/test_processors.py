@@ -1,0 +1,446 @@
+"""Every processor and warper against the transformers class that defines it, on hypothesis-made logits.
+
+The logits are float32, (B <= 3, V <= 50), drawn either from a small set of values (so ties and -inf entries are
+common) or from the whole float range (with some -inf). Each comparison asserts: our output is float32 on the
+backend under test, -inf sits at exactly the positions transformers puts it, and every other score is equal to
+float32 tolerance. Where transformers' order among equal scores is unspecified (torch.sort is not stable for rows
+longer than 16), the check is "equal up to which of the tied tokens survive": the same multiset per row.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from transformers.generation import logits_process as lp
+
+from scratch.generate import (
+    Epsilon,
+    Eta,
+    FrequencyPresencePenalty,
+    GenerationConfig,
+    MinLength,
+    MinNewTokens,
+    MinP,
+    NoBadWords,
+    NoRepeatNGram,
+    RepetitionPenalty,
+    SequenceBias,
+    SuppressTokens,
+    SuppressTokensAtBegin,
+    Temperature,
+    TopK,
+    TopP,
+    Typical,
+    apply,
+    build_processors,
+    token_counts,
+)
+
+
+
+def fixture_ok(**overrides):
+    """Hypothesis settings for a test that takes the `backend` fixture (stateless, so sharing it across
+    examples is safe); the rest comes from the active profile."""
+    return settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow], **overrides)
+
+
+FIXTURE_OK = fixture_ok()
+NEG_INF = -math.inf
+TIE_VALUES = [NEG_INF, -3.0, -1.0, 0.0, 0.5, 1.0, 2.0]
+
+
+@st.composite
+def logits_and_ids(draw, max_vocab=50, max_time=12, out_of_vocab=False, min_vocab=2):
+    """(scores (B, V) float32 with >= 1 finite entry per row, input_ids (B, T) int64)."""
+    batch = draw(st.integers(1, 3))
+    vocab = draw(st.integers(min_vocab, max_vocab))
+    time = draw(st.integers(0, max_time))
+    if draw(st.booleans()):
+        elements = st.sampled_from(TIE_VALUES)
+    else:
+        elements = st.one_of(st.floats(-30, 30, width=32), st.floats(-30, 30, width=32), st.just(NEG_INF))
+    scores = draw(hnp.arrays(np.float32, (batch, vocab), elements=elements))
+    for row in range(batch):  # an all--inf row has no distribution (softmax is nan): give it one finite entry
+        if not np.isfinite(scores[row]).any():
+            scores[row, draw(st.integers(0, vocab - 1))] = 0.0
+    high = vocab + 1 if out_of_vocab else vocab - 1
+    # Small vocabularies of ids make repeats (and so n-gram matches) common.
+    id_pool = draw(st.integers(0, high))
+    ids = draw(hnp.arrays(np.int64, (batch, time), elements=st.integers(0, id_pool)))
+    return scores, ids
+
+
+def ours(processor, backend, scores, ids):
+    out = processor(backend.asarray(ids, dtype="int64"), backend.asarray(scores, dtype="float32"))
+    assert out.dtype == backend.xp.float32
+    assert backends_of(out) == backend.name
+    return backend.to_numpy(out)
+
+
+def backends_of(array):
+    import backends
+    return backends.of(array).name
+
+
+def reference(processor, scores, ids):
+    out = processor(torch.from_numpy(ids.copy()), torch.from_numpy(scores.copy()))
+    assert out.dtype == torch.float32
+    return out.numpy()
+
+
+def assert_same(got, want, ties_unspecified=False):
+    """-inf at the same places and equal finite values; with ties_unspecified, equal per-row multisets instead
+    wherever the masks differ (transformers' choice among tied scores is then an unstable sort's)."""
+    assert got.shape == want.shape and got.dtype == np.float32
+    for row in range(got.shape[0]):
+        g, w = got[row], want[row]
+        same_mask = np.array_equal(np.isneginf(g), np.isneginf(w))
+        if not same_mask and ties_unspecified:
+            np.testing.assert_array_equal(np.sort(g), np.sort(w), err_msg=f"row {row}: differ beyond tie order")
+            continue
+        assert same_mask, f"row {row}: -inf at {np.flatnonzero(np.isneginf(g))}, transformers at " \
+                          f"{np.flatnonzero(np.isneginf(w))}\nours {g}\ntransformers {w}"
+        finite = ~np.isneginf(g)
+        np.testing.assert_allclose(g[finite], w[finite], rtol=2e-6, atol=1e-6, err_msg=f"row {row}")
+
+
+def compare(backend, ours_processor, ref_processor, scores, ids, ties_unspecified=False):
+    assert_same(ours(ours_processor, backend, scores, ids), reference(ref_processor, scores, ids), ties_unspecified)
+
+
+# ----- helpers ------------------------------------------------------------------------------------------------
+
+@FIXTURE_OK
+@given(case=logits_and_ids(out_of_vocab=True))
+def test_token_counts_matches_bincount(backend, case):
+    scores, ids = case
+    vocab = scores.shape[1]
+    got = backend.to_numpy(token_counts(backend.asarray(ids, dtype="int64"), vocab))
+    want = np.stack([np.bincount(row[row < vocab], minlength=vocab) for row in ids]) if ids.shape[1] else \
+        np.zeros((ids.shape[0], vocab), np.int64)
+    np.testing.assert_array_equal(got, want)
+
+
+# ----- processors ---------------------------------------------------------------------------------------------
+
+@FIXTURE_OK
+@given(case=logits_and_ids(out_of_vocab=True), penalty=st.sampled_from([0.5, 1.0, 1.3, 2.0]))
+def test_repetition_penalty(backend, case, penalty):
+    scores, ids = case
+    compare(backend, RepetitionPenalty(penalty), lp.RepetitionPenaltyLogitsProcessor(penalty), scores, ids)
+
+
+def test_repetition_penalty_direction(backend):
+    scores = np.array([[2.0, -2.0, 2.0, -2.0]], np.float32)
+    ids = np.array([[0, 1, 1]], np.int64)
+    got = ours(RepetitionPenalty(2.0), backend, scores, ids)
+    np.testing.assert_array_equal(got, [[1.0, -4.0, 2.0, -2.0]])  # positive halved, negative doubled: both drop
+
+
+@FIXTURE_OK
+@given(case=logits_and_ids(out_of_vocab=True), frequency=st.sampled_from([0.0, 0.5, -1.0, 2.0]),
+       presence=st.sampled_from([0.0, 0.7, -0.3]), data=st.data())
+def test_frequency_presence_penalty_matches_formula(backend, case, frequency, presence, data):
+    scores, ids = case
+    prompt = data.draw(st.integers(0, ids.shape[1]))
+    got = ours(FrequencyPresencePenalty(frequency, presence, prompt), backend, scores, ids)
+    vocab = scores.shape[1]
+    want = scores.copy()
+    for row in range(scores.shape[0]):
+        generated = [t for t in ids[row, prompt:] if t < vocab]
+        counts = np.bincount(np.array(generated, np.int64), minlength=vocab).astype(np.float32)
+        want[row] = want[row] - np.float32(frequency) * counts
+        want[row] = want[row] - np.float32(presence) * (counts > 0).astype(np.float32)
+    assert_same(got, want)
+
+
+@FIXTURE_OK
+@given(case=logits_and_ids(out_of_vocab=True, max_time=16), n=st.integers(1, 4))
+def test_no_repeat_ngram(backend, case, n):
+    scores, ids = case
+    compare(backend, NoRepeatNGram(n), lp.NoRepeatNGramLogitsProcessor(n), scores, ids)
+
+
+def test_no_repeat_ngram_example(backend):
+    ids = np.array([[5, 6, 7, 5, 6]], np.int64)           # "5 6" was followed by 7: ban 7 now
+    got = ours(NoRepeatNGram(3), backend, np.zeros((1, 9), np.float32), ids)
+    assert np.flatnonzero(np.isneginf(got[0])).tolist() == [7]
+
+
+@FIXTURE_OK
+@given(case=logits_and_ids(), min_length=st.integers(0, 14),
+       eos=st.one_of(st.integers(0, 3), st.lists(st.integers(0, 60), min_size=1, max_size=3)))
+def test_min_length(backend, case, min_length, eos):
+    scores, ids = case
+    compare(backend, MinLength(min_length, eos), lp.MinLengthLogitsProcessor(min_length, eos), scores, ids)
+
+
+@FIXTURE_OK
+@given(case=logits_and_ids(), min_new=st.integers(0, 8), data=st.data(),
+       eos=st.one_of(st.integers(0, 3), st.lists(st.integers(0, 60), min_size=1, max_size=3)))
+def test_min_new_tokens(backend, case, min_new, data, eos):
+    scores, ids = case
+    prompt = data.draw(st.integers(0, ids.shape[1]))
+    compare(backend, MinNewTokens(prompt, min_new, eos),
+            lp.MinNewTokensLengthLogitsProcessor(prompt, min_new, eos), scores, ids)
+
+
+@FIXTURE_OK
+@given(case=logits_and_ids(), tokens=st.lists(st.integers(0, 60), max_size=6))
+def test_suppress_tokens(backend, case, tokens):
+    scores, ids = case
+    compare(backend, SuppressTokens(tokens), lp.SuppressTokensLogitsProcessor(tokens), scores, ids)
+
+
+@FIXTURE_OK
+@given(case=logits_and_ids(max_time=4), tokens=st.lists(st.integers(0, 60), max_size=6), begin=st.integers(0, 4))
+def test_suppress_tokens_at_begin(backend, case, tokens, begin):
+    scores, ids = case
+    compare(backend, SuppressTokensAtBegin(tokens, begin), lp.SuppressTokensAtBeginLogitsProcessor(tokens, begin),
+            scores, ids)
+
+
+@st.composite
+def token_sequences(draw, vocab, max_count=5):
+    pool = draw(st.integers(0, vocab - 1))  # a small pool makes prefix matches likely
+    return draw(st.lists(st.lists(st.integers(0, pool), min_size=1, max_size=3), min_size=1, max_size=max_count))
+
+
+@FIXTURE_OK
+@given(case=logits_and_ids(), data=st.data())
+def test_sequence_bias(backend, case, data):
+    scores, ids = case
+    sequences = data.draw(token_sequences(scores.shape[1]))
+    biases = data.draw(st.lists(st.sampled_from([-2.5, -1.0, 0.5, 3.0, NEG_INF]), min_size=len(sequences),
+                                max_size=len(sequences)))
+    pairs = [[s, b] for s, b in zip(sequences, biases)]
+    compare(backend, SequenceBias(pairs), lp.SequenceBiasLogitsProcessor(pairs), scores, ids)
+
+
+@FIXTURE_OK
+@given(case=logits_and_ids(), data=st.data(), eos=st.one_of(st.none(), st.integers(0, 3)))
+def test_no_bad_words(backend, case, data, eos):
+    scores, ids = case
+    bad = data.draw(token_sequences(scores.shape[1]))
+    if all(s == [eos] for s in bad):  # nothing left to ban: transformers raises, ours is the identity
+        np.testing.assert_array_equal(ours(NoBadWords(bad, eos), backend, scores, ids), scores)
+        return
+    compare(backend, NoBadWords(bad, eos), lp.NoBadWordsLogitsProcessor(bad, eos), scores, ids)
+
+
+def test_bad_words_multi_token_only_after_its_prefix(backend):
+    scores = np.zeros((2, 6), np.float32)
+    ids = np.array([[1, 2], [2, 1]], np.int64)
+    got = ours(NoBadWords([[1, 2, 3], [5]]), backend, scores, ids)
+    assert np.flatnonzero(np.isneginf(got[0])).tolist() == [3, 5]   # row 0 ends with 1, 2: 3 is banned
+    assert np.flatnonzero(np.isneginf(got[1])).tolist() == [5]
+
+
+def test_sequence_bias_rejects_tokens_outside_the_vocabulary(backend):
+    with pytest.raises(ValueError, match=r"vocabulary has 4 tokens.*\[7\]"):
+        ours(SequenceBias({(7,): 1.0}), backend, np.zeros((1, 4), np.float32), np.zeros((1, 1), np.int64))
+
+
+# ----- warpers ------------------------------------------------------------------------------------------------
+
+@FIXTURE_OK
+@given(case=logits_and_ids(max_time=0), temperature=st.sampled_from([0.3, 0.7, 1.0, 1.5, 3.0]))
+def test_temperature(backend, case, temperature):
+    scores, ids = case
+    compare(backend, Temperature(temperature), lp.TemperatureLogitsWarper(temperature), scores, ids)
+
+
+@FIXTURE_OK
+@given(case=logits_and_ids(max_time=0), top_k=st.integers(1, 60), keep=st.integers(1, 3))
+def test_top_k(backend, case, top_k, keep):
+    scores, ids = case
+    compare(backend, TopK(top_k, keep), lp.TopKLogitsWarper(top_k, min_tokens_to_keep=keep), scores, ids)
+
+
+def test_top_k_keeps_ties_at_the_boundary(backend):
+    scores = np.array([[3.0, 2.0, 2.0, 1.0]], np.float32)
+    want = reference(lp.TopKLogitsWarper(2), scores, np.zeros((1, 0), np.int64))
+    got = ours(TopK(2), backend, scores, np.zeros((1, 0), np.int64))
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got, [[3.0, 2.0, 2.0, NEG_INF]])   # three survive k=2
+
+
+PROBABILITIES = st.one_of(st.sampled_from([0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 1.0]), st.floats(0.01, 0.99))
+
+
+@FIXTURE_OK
+@given(case=logits_and_ids(max_time=0), top_p=PROBABILITIES, keep=st.integers(1, 3))
+def test_top_p(backend, case, top_p, keep):
+    scores, ids = case
+    compare(backend, TopP(top_p, keep), lp.TopPLogitsWarper(top_p, min_tokens_to_keep=keep), scores, ids,
+            ties_unspecified=scores.shape[1] > 16)
+
+
+@FIXTURE_OK
+@given(case=logits_and_ids(max_time=0, max_vocab=16), top_p=PROBABILITIES)
+def test_top_p_ties_exact_on_short_rows(backend, case, top_p):
+    """torch.sort is stable for rows of <= 16 entries, so there the tie-break must agree exactly."""
+    scores, ids = case
+    compare(backend, TopP(top_p), lp.TopPLogitsWarper(top_p), scores, ids)
+
+
+def test_top_p_keeps_the_token_that_crosses_the_threshold(backend):
+    scores = np.log(np.array([[0.5, 0.3, 0.15, 0.05]], np.float32))
+    got = ours(TopP(0.6), backend, scores, np.zeros((1, 0), np.int64))
+    assert np.isfinite(got[0]).tolist() == [True, True, False, False]   # 0.5 < 0.6, so 0.3 joins: mass 0.8
+
+
+@FIXTURE_OK
+@given(case=logits_and_ids(max_time=0), min_p=st.one_of(st.sampled_from([0.0, 0.05, 0.1, 0.5, 1.0]),
+                                                        st.floats(0, 1)), keep=st.integers(1, 3))
+def test_min_p(backend, case, min_p, keep):
+    scores, ids = case
+    # With keep > 1, torch.topk picks among tied probabilities in an unspecified order.
+    compare(backend, MinP(min_p, keep), lp.MinPLogitsWarper(min_p, min_tokens_to_keep=keep), scores, ids,
+            ties_unspecified=keep > 1)
+
+
+@FIXTURE_OK
+@given(case=logits_and_ids(max_time=0), mass=st.one_of(st.sampled_from([0.2, 0.5, 0.9, 0.95]),
+                                                       st.floats(0.01, 0.99)), keep=st.integers(1, 2))
+def test_typical(backend, case, mass, keep):
+    scores, ids = case
+    compare(backend, Typical(mass, keep), lp.TypicalLogitsWarper(mass, min_tokens_to_keep=keep), scores, ids,
+            ties_unspecified=scores.shape[1] > 16)
+
+
+EPSILONS = st.one_of(st.sampled_from([1e-4, 3e-4, 0.01, 0.05, 0.2, 0.5]), st.floats(1e-5, 0.9))
+
+
+@FIXTURE_OK
+@given(case=logits_and_ids(max_time=0), epsilon=EPSILONS, keep=st.integers(1, 3))
+def test_epsilon(backend, case, epsilon, keep):
+    scores, ids = case
+    compare(backend, Epsilon(epsilon, keep), lp.EpsilonLogitsWarper(epsilon, min_tokens_to_keep=keep), scores, ids)
+
+
+@FIXTURE_OK
+@given(case=logits_and_ids(max_time=0), epsilon=EPSILONS, keep=st.integers(1, 3))
+def test_eta(backend, case, epsilon, keep):
+    scores, ids = case
+    compare(backend, Eta(epsilon, keep), lp.EtaLogitsWarper(epsilon, min_tokens_to_keep=keep), scores, ids)
+
+
+# ----- composition --------------------------------------------------------------------------------------------
+
+def _transformers_processors(config: GenerationConfig, prompt_length: int):
+    """The list transformers' _get_logits_processor builds for the same settings (those both sides support)."""
+    procs = []
+    eos = list(config.eos_token_ids)
+    if config.sequence_bias is not None:
+        procs.append(lp.SequenceBiasLogitsProcessor([[list(k), v] for k, v in config.sequence_bias]))
+    if config.repetition_penalty != 1.0:
+        procs.append(lp.RepetitionPenaltyLogitsProcessor(float(config.repetition_penalty)))
+    if config.no_repeat_ngram_size:
+        procs.append(lp.NoRepeatNGramLogitsProcessor(config.no_repeat_ngram_size))
+    if config.bad_words_ids is not None:
+        procs.append(lp.NoBadWordsLogitsProcessor([list(s) for s in config.bad_words_ids], eos))
+    if config.min_length > 0:
+        procs.append(lp.MinLengthLogitsProcessor(config.min_length, eos))
+    if config.min_new_tokens > 0:
+        procs.append(lp.MinNewTokensLengthLogitsProcessor(prompt_length, config.min_new_tokens, eos))
+    if config.suppress_tokens is not None:
+        procs.append(lp.SuppressTokensLogitsProcessor(list(config.suppress_tokens)))
+    if config.begin_suppress_tokens is not None:
+        procs.append(lp.SuppressTokensAtBeginLogitsProcessor(list(config.begin_suppress_tokens), prompt_length))
+    if config.is_sampling:
+        if config.temperature != 1.0:
+            procs.append(lp.TemperatureLogitsWarper(float(config.temperature)))
+        if config.top_k:
+            procs.append(lp.TopKLogitsWarper(config.top_k))
+        if config.top_p < 1.0:
+            procs.append(lp.TopPLogitsWarper(config.top_p))
+        if config.min_p is not None:
+            procs.append(lp.MinPLogitsWarper(config.min_p))
+        if config.typical_p < 1.0:
+            procs.append(lp.TypicalLogitsWarper(config.typical_p))
+        if config.epsilon_cutoff:
+            procs.append(lp.EpsilonLogitsWarper(config.epsilon_cutoff))
+        if config.eta_cutoff:
+            procs.append(lp.EtaLogitsWarper(config.eta_cutoff))
+    return lp.LogitsProcessorList(procs)
+
+
+@fixture_ok(max_examples=20)
+@given(case=logits_and_ids(max_vocab=16, min_vocab=8), data=st.data())
+def test_build_processors_matches_transformers_chain(backend, case, data):
+    scores, ids = case
+    prompt_length = data.draw(st.integers(0, ids.shape[1]))
+    config = GenerationConfig(
+        do_sample=data.draw(st.booleans()),
+        eos_token_id=data.draw(st.sampled_from([None, 0, [0, 1]])),
+        repetition_penalty=data.draw(st.sampled_from([1.0, 1.2])),
+        no_repeat_ngram_size=data.draw(st.integers(0, 2)),
+        bad_words_ids=data.draw(st.sampled_from([None, [[3], [1, 2]]])),
+        min_new_tokens=data.draw(st.integers(0, 3)),
+        suppress_tokens=data.draw(st.sampled_from([None, [5]])),
+        sequence_bias=data.draw(st.sampled_from([None, {(4,): 1.5, (1, 6): -2.0}])),
+        temperature=data.draw(st.sampled_from([1.0, 0.7])),
+        top_k=data.draw(st.sampled_from([0, 3, 50])),
+        top_p=data.draw(st.sampled_from([1.0, 0.9])),
+        min_p=data.draw(st.sampled_from([None, 0.05])),
+    )
+    if not config.eos_token_ids:
+        config = config.replace(min_new_tokens=0)
+    got_procs = build_processors(config, prompt_length=prompt_length)
+    ref = _transformers_processors(config, prompt_length)
+    assert [type(p).__name__ for p in got_procs] == [
+        {"SequenceBiasLogitsProcessor": "SequenceBias", "RepetitionPenaltyLogitsProcessor": "RepetitionPenalty",
+         "NoRepeatNGramLogitsProcessor": "NoRepeatNGram", "NoBadWordsLogitsProcessor": "NoBadWords",
+         "MinLengthLogitsProcessor": "MinLength", "MinNewTokensLengthLogitsProcessor": "MinNewTokens",
+         "SuppressTokensLogitsProcessor": "SuppressTokens", "TemperatureLogitsWarper": "Temperature",
+         "TopKLogitsWarper": "TopK", "TopPLogitsWarper": "TopP", "MinPLogitsWarper": "MinP"}[type(p).__name__]
+        for p in ref]
+    got = backend.to_numpy(apply(got_procs, backend.asarray(ids, dtype="int64"),
+                                 backend.asarray(scores, dtype="float32")))
+    want = ref(torch.from_numpy(ids.copy()), torch.from_numpy(scores.copy())).numpy()
+    assert_same(got, want)
+
+
+def test_build_processors_needs_prompt_length_for_min_new_tokens():
+    with pytest.raises(ValueError, match="prompt_length"):
+        build_processors(GenerationConfig(min_new_tokens=2, eos_token_id=0))
+
+
+def test_greedy_config_builds_no_warpers():
+    procs = build_processors(GenerationConfig(do_sample=True, temperature=0.0, top_k=5, top_p=0.5))
+    assert procs == []
+
+
+def test_processor_argument_errors():
+    with pytest.raises(ValueError, match="repetition_penalty.*0"):
+        RepetitionPenalty(0.0)
+    with pytest.raises(ValueError, match="top_p.*1.5"):
+        TopP(1.5)
+    with pytest.raises(ValueError, match="top_k.*0"):
+        TopK(0)
+    with pytest.raises(ValueError, match="typical_p.*1.0"):
+        Typical(1.0)
+    with pytest.raises(ValueError, match="temperature.*greedy"):
+        Temperature(0.0)
+    with pytest.raises(ValueError, match="bad_words_ids"):
+        NoBadWords([])
+    with pytest.raises(ValueError, match="bad_words_ids.*-1"):
+        NoBadWords([[1, -1]])
+    with pytest.raises(ValueError, match="sequence_bias keys"):
+        SequenceBias({(): 1.0})
+    with pytest.raises(ValueError, match="no_repeat_ngram_size.*0"):
+        NoRepeatNGram(0)
+
+
+def test_mixed_backends_are_refused(backend):
+    import backends
+    if backend.name == "numpy":
+        pytest.skip("mixing needs two different backends; numpy with numpy is not mixed")
+    with pytest.raises(backends.MixedBackendError):
+        TopK(2)(np.zeros((1, 1), np.int64), backend.asarray(np.zeros((1, 4), np.float32)))
