@@ -7,6 +7,7 @@ SentencePiece `.model` files, and the name "cl100k_base" (from the tiktoken-offl
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 from scratch.tokenizer.bpe import BPETokenizer, StreamDecoder
@@ -14,6 +15,14 @@ from scratch.tokenizer.bpe import BPETokenizer, StreamDecoder
 __all__ = ["BPETokenizer", "StreamDecoder", "load_tokenizer"]
 
 _BUNDLED = {"cl100k_base": "cl100k_base", "cl100k": "cl100k_base", "gpt4": "cl100k_base", "gpt-4": "cl100k_base"}
+
+
+@lru_cache(maxsize=4)
+def _bundled(name: str) -> BPETokenizer:
+    """A named vocabulary, built once per process (loading cl100k takes about half a second)."""
+    from scratch.tokenizer.tiktoken_format import CL100K_SPECIAL_TOKENS, bundled_file
+
+    return BPETokenizer.from_tiktoken(bundled_file(name), "gpt4", dict(CL100K_SPECIAL_TOKENS))
 
 
 def _from_rank_file(path: Path) -> BPETokenizer:
@@ -38,7 +47,7 @@ def _from_model_file(path: Path):
 def load_tokenizer(path_or_name: str | Path):
     """A tokenizer from a file, a folder or a known name.
 
-    Names: "cl100k_base" (also "cl100k", "gpt4"). Files: our JSON (`BPETokenizer.save`), a Hugging Face
+    Names: "cl100k_base" (also "cl100k", "gpt4"), built once and shared. Files: our JSON (`BPETokenizer.save`), a Hugging Face
     tokenizer.json, a tiktoken rank file (`.tiktoken`, or a `tokenizer.model` whose lines are base64 + rank; the
     pattern and special tokens are guessed from its size: 128,000 -> Llama 3, ~100k -> cl100k, ~50k -> GPT-2), a
     SentencePiece `.model`. Folders: tokenizer.json or vocab.json + merges.txt (Hugging Face), else tokenizer.model.
@@ -47,9 +56,7 @@ def load_tokenizer(path_or_name: str | Path):
     path = Path(path_or_name)
     if not path.exists():
         if name in _BUNDLED:
-            from scratch.tokenizer.tiktoken_format import CL100K_SPECIAL_TOKENS, bundled_file
-
-            return BPETokenizer.from_tiktoken(bundled_file(_BUNDLED[name]), "gpt4", dict(CL100K_SPECIAL_TOKENS))
+            return _bundled(_BUNDLED[name])
         raise FileNotFoundError(f"no tokenizer file, folder or known name {name!r} (names: "
                                 f"{', '.join(sorted(_BUNDLED))})")
     if path.is_dir():
