@@ -266,6 +266,7 @@ class LlamaConfig:
         return cls(**kwargs)
 
     def to_hf(self) -> dict[str, Any]:
+        """config.json as transformers 5 writes it (`rope_parameters`), plus the transformers 4 RoPE keys."""
         rope: dict[str, Any] = {"rope_type": "default"}
         if self.rope_scaling is not None:
             rope = self.rope_scaling.to_hf()
@@ -283,6 +284,10 @@ class LlamaConfig:
             "max_position_embeddings": self.max_position_embeddings,
             "rms_norm_eps": self.rms_norm_eps,
             "rope_parameters": rope,
+            # The same settings in transformers 4's spelling, so 4.x (which ignores rope_parameters) reads the
+            # right RoPE too; transformers 5 reads both and they agree.
+            "rope_theta": float(self.rope_theta),
+            "rope_scaling": None if self.rope_scaling is None else self.rope_scaling.to_hf(),
             "tie_word_embeddings": self.tie_word_embeddings,
             "attention_bias": self.attention_bias,
             "mlp_bias": self.mlp_bias,

@@ -153,7 +153,8 @@ def test_from_hf_ignores_unrelated_keys():
 
 def test_llama_reads_transformers_4_rope_forms():
     expected = tiny_llama(rope_theta=500000.0, rope_scaling=LLAMA3)
-    base = {k: v for k, v in expected.to_hf().items() if k not in ("rope_parameters", "head_dim")}
+    base = {k: v for k, v in expected.to_hf().items()
+            if k not in ("rope_parameters", "rope_theta", "rope_scaling", "head_dim")}
     scaling = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
     v4 = {**base, "rope_theta": 500000.0, "rope_scaling": {"rope_type": "llama3", **scaling}}
     legacy = {**base, "rope_theta": 500000.0, "rope_scaling": {"type": "llama3", **scaling}}
@@ -164,6 +165,16 @@ def test_llama_reads_transformers_4_rope_forms():
     assert plain.rope_scaling is None and plain.rope_theta == 10000.0
     linear = LlamaConfig.from_hf({**base, "rope_scaling": {"type": "linear", "factor": 4.0}})
     assert linear.rope_scaling == RopeScaling(rope_type="linear", factor=4.0)
+
+
+def test_llama_writes_both_rope_spellings():
+    d = CONFIGS["llama-gqa-llama3"].to_hf()
+    assert d["rope_parameters"] == {**d["rope_scaling"], "rope_theta": d["rope_theta"]}
+    assert d["rope_theta"] == 500000.0 and d["rope_scaling"]["rope_type"] == "llama3"
+    plain = CONFIGS["llama-plain"].to_hf()
+    assert plain["rope_scaling"] is None and plain["rope_parameters"] == {"rope_type": "default", "rope_theta": 1e4}
+    v4_only = {k: v for k, v in d.items() if k != "rope_parameters"}
+    assert LlamaConfig.from_hf(v4_only) == CONFIGS["llama-gqa-llama3"]
 
 
 def test_llama3_scaling_without_original_uses_max_positions():
