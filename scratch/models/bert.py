@@ -248,7 +248,7 @@ _MLM_NAMES = {
     "mlm_ln_w": "cls.predictions.transform.LayerNorm.weight", "mlm_ln_b": "cls.predictions.transform.LayerNorm.bias",
     "mlm_bias": "cls.predictions.bias",
 }
-_MLM_BIAS_ALIAS = "cls.predictions.decoder.bias"    # the same tied bias under the decoder's name
+_MLM_BIAS_ALIAS = "cls.predictions.decoder.bias"    # the bias the decoder adds (tied to cls.predictions.bias)
 _MLM_DECODER = "cls.predictions.decoder.weight"     # present only in checkpoints that saved the tied copy
 
 
@@ -340,7 +340,9 @@ def from_weights(config: BertConfig, weights: dict[str, np.ndarray], backend="nu
     shapes = _shapes(config)
 
     def get(field: str, name: str) -> np.ndarray:
-        if name == _MLM_NAMES["mlm_bias"] and name not in named and _MLM_BIAS_ALIAS in named:
+        if name == _MLM_NAMES["mlm_bias"] and _MLM_BIAS_ALIAS in named:
+            # subtle: the forward pass adds decoder.bias. Tied checkpoints hold the same values under both names;
+            # an untied one (tie_word_embeddings=False) keeps cls.predictions.bias as an unused leftover.
             name = _MLM_BIAS_ALIAS
         if name not in named:
             raise ValueError(f"missing tensor {name!r} (or {HF_PREFIX + name!r}) in the BERT checkpoint")
