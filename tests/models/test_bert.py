@@ -151,6 +151,20 @@ def test_backend_arrays_in_equal_host_arrays_in(saved, backend):
     np.testing.assert_array_equal(backend.to_numpy(boolean.logits), backend.to_numpy(host.logits))
 
 
+def test_generic_loader_builds_bert(saved, backend):
+    """scratch.models.load reads config.json, picks bert by "architectures", and gives the same numbers."""
+    import scratch.models
+
+    for kind in ("BertModel", "BertForMaskedLM"):
+        folder, ref = saved[kind]
+        model = scratch.models.load(folder, backend=backend)
+        assert isinstance(model, bert.Bert)
+        ids, types, mask = _inputs()
+        out = model(ids, attention_mask=mask, token_type_ids=types)
+        np.testing.assert_allclose(_host(backend, out.last_hidden_state), ref["hidden"], rtol=0, atol=ATOL)
+    assert isinstance(scratch.models.from_config(TINY, backend=backend, seed=0), bert.Bert)
+
+
 # --- checkpoint names ---------------------------------------------------------------------------------------------
 
 def test_prefix_is_optional(saved):
