@@ -3,8 +3,8 @@
 Randomness is an argument, never hidden state: `sample_from_probs(probs, uniforms)` inverts the cumulative
 distribution at one uniform number per row (inverse-transform sampling), and the uniforms come from the host
 generator `backends.rng(seed)` (`draw_uniforms`), so NumPy, array-api-strict and CuPy pick the same tokens for the
-same seed -- barring a uniform that falls within rounding error of a CDF boundary (the cumulative sums are float32
-on every backend, but a GPU scan may round its last bit differently). This is not torch.multinomial: the same seed
+same seed -- barring a uniform that falls within rounding error of a CDF boundary (the cumulative sums are formed
+in float64 and rounded to float32 on every backend, so a GPU scan's different summation order almost never shows). This is not torch.multinomial: the same seed
 gives different tokens than transformers' sampling, by design. Greedy decoding is `greedy`, its own branch.
 """
 from __future__ import annotations
@@ -37,8 +37,9 @@ def sample_from_probs(probs, uniforms):
     probs (B, V) float32 with rows summing to ~1, uniforms (B,) in [0, 1] -> (B,) int64.
     - A token of probability 0 is never chosen (its cumulative sum equals its predecessor's, which was <= u).
     - If rounding leaves the total below u (u close to 1), the last token of non-zero probability is chosen.
-    The comparison runs in the probabilities' dtype (float32) on every backend, so a uniform draw maps to the same
-    token everywhere unless it lies within rounding error of a CDF boundary.
+    The CDF is summed in float64, rounded to the probabilities' dtype (float32) and compared there on every
+    backend, so a uniform draw maps to the same token everywhere unless it lies within rounding error of a CDF
+    boundary.
     """
     xp = backends.namespace_of(probs, uniforms)
     vocab_size = probs.shape[-1]
@@ -57,16 +58,17 @@ def sample(scores, uniforms):
 
 
 def sample_multinomial_reference(probs: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
-    """The oracle for `sample_from_probs`: a plain loop on host arrays, accumulating in float32 as it goes."""
+    """The oracle for `sample_from_probs`: a plain loop on host arrays. The running total is kept in float64 and
+    each partial sum is rounded to float32 before it is compared with u, as `cumulative_probs` specifies."""
     probs = np.asarray(probs, dtype=np.float32)
     uniforms = np.asarray(uniforms, dtype=np.float32)
     chosen = np.zeros(probs.shape[0], dtype=np.int64)
     for row in range(probs.shape[0]):
-        total = np.float32(0.0)
+        total = 0.0  # a Python float is a float64
         pick = None
         for token in range(probs.shape[1]):
-            total = np.float32(total + probs[row, token])
-            if total > uniforms[row]:
+            total += float(probs[row, token])
+            if np.float32(total) > uniforms[row]:
                 pick = token
                 break
         if pick is None:  # the float sum never exceeded u: the last token that has any probability
