@@ -13,6 +13,7 @@ from scratch.models.config import (
     load_config,
     save_config,
 )
+from scratch.models.loader import from_config, load
 
 __all__ = [
     "BertConfig",

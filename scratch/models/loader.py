@@ -1,0 +1,89 @@
+"""Load a model from a Hugging Face folder (config.json + safetensors), or build a random one from a config.
+
+`load(folder)` reads config.json, picks the model family from its "architectures" entry (falling back to
+"model_type"), reads the weights with scratch's own safetensors reader (sharded folders included) and hands them to
+that family's `from_weights`: GPT2LMHeadModel / GPT2Model -> gpt2, LlamaForCausalLM / LlamaModel -> llama,
+BertModel / BertForMaskedLM / BertForPreTraining -> bert. `from_config(config)` builds a randomly initialised model
+of the config's family (same seed, same weights on every backend). Not here: downloading, PyTorch .bin files,
+quantised checkpoints.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+from scratch.models.config import BertConfig, GPT2Config, LlamaConfig, config_from_hf
+from scratch.models.safetensors import load_folder
+
+__all__ = ["ARCHITECTURES", "load", "from_config", "architecture_of"]
+
+# Hugging Face architecture name -> our module (each provides from_weights and from_config).
+ARCHITECTURES: dict[str, str] = {
+    "GPT2LMHeadModel": "scratch.models.gpt2",
+    "GPT2Model": "scratch.models.gpt2",
+    "LlamaForCausalLM": "scratch.models.llama",
+    "LlamaModel": "scratch.models.llama",
+    "BertModel": "scratch.models.bert",
+    "BertForMaskedLM": "scratch.models.bert",
+    "BertForPreTraining": "scratch.models.bert",
+}
+# What a config.json without "architectures" most likely holds.
+_DEFAULT_ARCHITECTURE = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "bert": "BertForMaskedLM"}
+_CONFIG_MODULES = {GPT2Config: "scratch.models.gpt2", LlamaConfig: "scratch.models.llama",
+                   BertConfig: "scratch.models.bert"}
+
+
+def _read_config_json(folder: Path) -> dict:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no config.json in {folder}")
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(d).__name__}")
+    return d
+
+
+def architecture_of(d: dict) -> str:
+    """The architecture a config.json dict names: its first "architectures" entry, else model_type's default."""
+    names = d.get("architectures")
+    if names:
+        if not isinstance(names, list) or not isinstance(names[0], str):
+            raise ValueError(f"config.json 'architectures' must be a list of names, got {names!r}")
+        name = names[0]
+    else:
+        name = _DEFAULT_ARCHITECTURE.get(d.get("model_type"))
+        if name is None:
+            raise ValueError(f"config.json names no architecture and an unsupported model_type "
+                             f"{d.get('model_type')!r}; supported architectures: {', '.join(ARCHITECTURES)}")
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unsupported architecture {name!r}; supported: {', '.join(ARCHITECTURES)}")
+    return name
+
+
+def load(folder, backend="numpy", dtype="float32"):
+    """The model in a Hugging Face folder (config.json + model.safetensors or its sharded index), on `backend`.
+
+    Weights are memory-mapped, checked tensor by tensor (a missing tensor or a wrong shape raises ValueError naming
+    it), converted to `dtype` and moved to the backend once. An unknown architecture raises ValueError naming it.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model folder {folder} does not exist")
+    d = _read_config_json(folder)
+    module = importlib.import_module(ARCHITECTURES[architecture_of(d)])
+    config = config_from_hf(d)
+    weights = load_folder(folder)   # memory-mapped host arrays; the model casts each to `dtype` on transfer
+    return module.from_weights(config, weights, backend=backend, dtype=dtype)
+
+
+def from_config(config, backend="numpy", seed: int | None = 0, dtype="float32"):
+    """A randomly initialised model of `config`'s family (GPT2Config, LlamaConfig or BertConfig), drawn from the
+    host generator `backends.rng(seed)`: the same seed gives the same weights on every backend."""
+    name = _CONFIG_MODULES.get(type(config))
+    if name is None:
+        raise ValueError(f"from_config wants a GPT2Config, LlamaConfig or BertConfig, got {type(config).__name__}")
+    return importlib.import_module(name).from_config(config, backend=backend, seed=seed, dtype=dtype)
