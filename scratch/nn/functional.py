@@ -7,7 +7,8 @@ dtype rule: float32 in gives float32 out (constants are Python floats, which nev
 inputs are computed in float32 inside softmax, the norms and the activations, then cast back -- what PyTorch's
 kernels do internally. Not here: attention (attention.py), RoPE (rope.py), the KV cache (kv_cache.py), autograd.
 Formulas: LayerNorm (Ba et al. 2016), RMSNorm (Zhang & Sennrich 2019), GELU (Hendrycks & Gimpel 2016), SwiGLU
-(Shazeer 2020); erf via Abramowitz & Stegun 7.1.5 (series) and a Chebyshev-fitted erfc for the tails.
+(Shazeer 2020); erf via its Maclaurin series (Abramowitz & Stegun 7.1.5) near 0 and, beyond, the Chebyshev
+erfc fit published in Numerical Recipes (`erfcc`, fractional error < 1.2e-7).
 """
 from __future__ import annotations
 
@@ -103,7 +104,7 @@ def rms_norm(x, weight, eps: float = 1e-6):
 #             the first omitted term is below 1e-9 relative there. The series keeps full RELATIVE accuracy near 0,
 #             where 1 - erfc(x) would lose it.
 #  |x| >= 0.5: erf = 1 - erfc(|x|), with erfc(z) = t exp(-z^2 + P(t)), t = 1 / (1 + z/2), P a degree-9 Chebyshev
-#             fit whose fractional error is below 1.2e-7 for every z >= 0 (the classic `erfcc` coefficients).
+#             fit whose fractional error is below 1.2e-7 for every z >= 0 (Numerical Recipes' `erfcc` constants).
 _ERF_SERIES = tuple(2.0 / math.sqrt(math.pi) * (-1) ** n / (math.factorial(n) * (2 * n + 1)) for n in range(8))
 _ERFC_CHEB = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806,
               0.27886807, -1.13520398, 1.48851587, -0.82215223, 0.17087277)
