@@ -1,14 +1,11 @@
 """Stateless transformer building blocks: linear, embedding, norms, activations, softmax and the two MLPs.
 
-Every function takes arrays and finds its namespace `xp` from them (`backends.namespace_of`), so one code path runs
-on NumPy, array-api-strict and CuPy. Weights are stored (C_in, C_out) and applied as `x @ w + b`; loaders transpose
-PyTorch `nn.Linear` weights (stored (out, in)) once at load time, and GPT-2's Conv1D weights are already (in, out).
-dtype rule: float32 in gives float32 out (constants are Python floats, which never promote under NEP 50); float16
-inputs are computed in float32 inside softmax, the norms and the activations, then cast back -- what PyTorch's
-kernels do internally. Not here: attention (attention.py), RoPE (rope.py), the KV cache (kv_cache.py), autograd.
-Formulas: LayerNorm (Ba et al. 2016), RMSNorm (Zhang & Sennrich 2019), GELU (Hendrycks & Gimpel 2016), SwiGLU
-(Shazeer 2020); erf via its Maclaurin series (Abramowitz & Stegun 7.1.5) near 0 and, beyond, the Chebyshev
-erfc fit published in Numerical Recipes (`erfcc`, fractional error < 1.2e-7).
+Each function gets `xp` from its input arrays, so one code path runs on NumPy, array-api-strict and CuPy. Weights are
+(C_in, C_out), applied as `x @ w + b` (loaders transpose torch nn.Linear weights once; GPT-2's Conv1D already is).
+float32 in gives float32 out; float16 is computed in float32 inside softmax, norms and activations, then cast back.
+Not here: attention, RoPE, the KV cache (sibling modules), autograd. Follows LayerNorm (Ba et al. 2016), RMSNorm
+(Zhang & Sennrich 2019), GELU (Hendrycks & Gimpel 2016), SwiGLU (Shazeer 2020); erf: Maclaurin series near 0
+(Abramowitz & Stegun 7.1.5), Numerical Recipes' Chebyshev erfc fit (`erfcc`, error < 1.2e-7) beyond.
 """
 from __future__ import annotations
 
