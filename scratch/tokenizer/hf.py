@@ -141,8 +141,9 @@ class HFTokenizer(BPETokenizer):
         next_id = max([*vocab, *(special_tokens or {}).values(), -1]) + 1
         self.n_real = next_id
         # subtle: BPETokenizer needs an id for every byte; missing ones get placeholder ids past the vocabulary,
-        # which never merge (no merge names them) and are filtered out of every encoding.
+        # removed again below; the bytes themselves are dropped before merging (_without_missing).
         self.missing_bytes = frozenset(b for b in range(256) if bytes([b]) not in present)  # dropped when encoding
+        self._missing = bytes(sorted(self.missing_bytes))
         self._placeholders = frozenset(range(next_id, next_id + len(self.missing_bytes)))
         for byte in range(256):
             if bytes([byte]) not in present:
@@ -157,14 +158,15 @@ class HFTokenizer(BPETokenizer):
         # True for special added tokens, False for the others ("user-defined"); all are matched in text
         self.special_flags = dict(special_flags or {token: True for token in self.special_tokens})
 
-    def _drop_placeholders(self, ids) -> list[int]:
-        return [token_id for token_id in ids if token_id not in self._placeholders] if self._placeholders else ids
+    def _without_missing(self, data: bytes) -> bytes:
+        # subtle: `tokenizers` drops a byte with no token BEFORE merging, so its neighbours can still merge
+        return data.translate(None, self._missing) if self._missing else data
 
     def _bpe(self, data: bytes) -> list[int]:
-        return self._drop_placeholders(super()._bpe(data))
+        return super()._bpe(self._without_missing(data))
 
     def _bpe_reference(self, data: bytes) -> list[int]:
-        return self._drop_placeholders(super()._bpe_reference(data))
+        return super()._bpe_reference(self._without_missing(data))
 
     def encode_ordinary(self, text: str) -> list[int]:
         if not self.byte_level_pattern:
