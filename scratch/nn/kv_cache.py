@@ -156,7 +156,8 @@ class KVCache:
         if not hasattr(indices, "shape"):
             indices = xp.asarray(indices, dtype=xp.int64)
         if indices.ndim != 1 or indices.shape[0] == 0:
-            raise ValueError(f"KVCache.reorder: indices must be a non-empty 1-D array, got shape {tuple(indices.shape)}")
+            raise ValueError(f"KVCache.reorder: indices must be a non-empty 1-D array, "
+                             f"got shape {tuple(indices.shape)}")
         self._k = [xp.take(buf, indices, axis=0) for buf in self._k]
         self._v = [xp.take(buf, indices, axis=0) for buf in self._v]
 
