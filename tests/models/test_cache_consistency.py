@@ -1,0 +1,137 @@
+"""Properties of cached decoding, for GPT-2 and Llama on every backend (hypothesis, tiny random models):
+- a sequence fed through the KV cache in any chunking gives the logits of one full forward;
+- a left-padded batch gives every row the logits that row gets alone (uncached and cached);
+- cache.reorder (beam search) and cache.crop (speculative decoding) leave the model computing the right thing.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import backends
+import scratch.models
+from scratch.models import GPT2Config, LlamaConfig
+
+RTOL, ATOL = 1e-5, 2e-5  # float32, same weights, different summation lengths (cache views vs full matrices)
+V = 97
+CONFIGS = {
+    "gpt2": GPT2Config(vocab_size=V, n_positions=40, n_embd=32, n_layer=2, n_head=4),
+    # GQA with head_dim != C / H and llama3 scaling: the most ways for positions to go wrong.
+    "llama": LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=12, max_position_embeddings=40,
+                         rope_scaling=scratch.models.RopeScaling(rope_type="llama3", factor=4.0,
+                                                                 original_max_position_embeddings=8)),
+}
+PARAMS = [pytest.param(f, b, id=f"{f}-{b}") for f in CONFIGS for b in backends.available()]
+
+
+def _scale(obj, factor):
+    """The same dataclass with every weight array multiplied by `factor` (RoPE frequencies left alone): std 0.02
+    weights make near-uniform logits, where a position bug would hide under the tolerance."""
+    changes = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.name in ("inv_freq", "config", "backend", "dtype", "_rope") or value is None:
+            continue
+        if isinstance(value, tuple):
+            changes[f.name] = tuple(_scale(layer, factor) for layer in value)
+        elif hasattr(value, "shape"):
+            changes[f.name] = value * factor
+    return dataclasses.replace(obj, **changes)
+
+
+@functools.lru_cache(maxsize=None)
+def _model(family: str, backend: str):
+    return _scale(scratch.models.from_config(CONFIGS[family], backend=backend, seed=7), 5.0)
+
+
+def _np(model, logits):
+    out = model.backend.to_numpy(logits)
+    assert out.dtype == np.float32
+    return out
+
+
+def _ids(seed, shape):
+    return np.random.default_rng(seed).integers(0, V, shape)
+
+
+@pytest.mark.parametrize("family,backend", PARAMS)
+@settings(max_examples=8)
+@given(chunks=st.lists(st.integers(1, 7), min_size=1, max_size=5), batch=st.integers(1, 2), seed=st.integers(0, 99))
+def test_any_chunking_equals_full_forward(family, backend, chunks, batch, seed):
+    model = _model(family, backend)
+    T = sum(chunks)
+    ids = _ids(seed, (batch, T))
+    full = _np(model, model(ids))
+    cache = model.new_cache(batch, T + 2)
+    parts, start = [], 0
+    for size in chunks:
+        parts.append(_np(model, model(ids[:, start:start + size], cache=cache)))
+        start += size
+    assert cache.length == T
+    np.testing.assert_allclose(np.concatenate(parts, axis=1), full, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("family,backend", PARAMS)
+@settings(max_examples=6)
+@given(lengths=st.lists(st.integers(1, 12), min_size=2, max_size=3), steps=st.integers(0, 3),
+       seed=st.integers(0, 99))
+def test_left_padded_batch_equals_each_row_alone(family, backend, lengths, steps, seed):
+    """Prompt of each row left-padded to the longest, then `steps` cached decode steps with the mask extended."""
+    model = _model(family, backend)
+    B, width = len(lengths), max(lengths)
+    rows = [_ids(seed + b, (1, n + steps)) for b, n in enumerate(lengths)]
+    ids = np.zeros((B, width), dtype=np.int64)
+    mask = np.zeros((B, width), dtype=np.int64)
+    for b, n in enumerate(lengths):
+        ids[b, width - n:] = rows[b][0, :n]
+        mask[b, width - n:] = 1
+    uncached = _np(model, model(ids, attention_mask=mask))
+    cache = model.new_cache(B, width + steps)
+    prefill = _np(model, model(ids, cache=cache, attention_mask=mask))
+    np.testing.assert_allclose(prefill, uncached, rtol=RTOL, atol=ATOL)
+    decoded = []
+    for t in range(steps):
+        mask = np.concatenate([mask, np.ones((B, 1), dtype=np.int64)], axis=1)
+        step_ids = np.array([[rows[b][0, n + t]] for b, n in enumerate(lengths)])
+        decoded.append(_np(model, model(step_ids, cache=cache, attention_mask=mask)))
+    for b, n in enumerate(lengths):
+        alone = _np(model, model(rows[b]))                               # (1, n + steps, V)
+        np.testing.assert_allclose(prefill[b, width - n:], alone[0, :n], rtol=RTOL, atol=ATOL)
+        for t in range(steps):
+            np.testing.assert_allclose(decoded[t][b, 0], alone[0, n + t], rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("family,backend", PARAMS)
+def test_reorder_follows_the_rows(family, backend):
+    """After reorder([2, 0, 0]) the next step's logits are those of rows 2, 0, 0 continued on their own."""
+    model = _model(family, backend)
+    ids = _ids(1, (3, 9))
+    cache = model.new_cache(3, 12)
+    model(ids[:, :8], cache=cache)
+    order = [2, 0, 0]
+    cache.reorder(model.backend.asarray(np.array(order), dtype="int64"))
+    nxt = ids[order, 8:9]
+    stepped = _np(model, model(nxt, cache=cache))
+    full = _np(model, model(np.concatenate([ids[order, :8], nxt], axis=1)))
+    np.testing.assert_allclose(stepped[:, 0], full[:, 8], rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("family,backend", PARAMS)
+def test_crop_then_continue_differently(family, backend):
+    """Speculative decoding: cache 10 tokens, crop to 6, feed 4 other tokens -> logits of the new sequence."""
+    model = _model(family, backend)
+    ids = _ids(2, (1, 10))
+    other = _ids(3, (1, 4))
+    cache = model.new_cache(1, 12)
+    model(ids, cache=cache)
+    cache.crop(6)
+    stepped = _np(model, model(other, cache=cache))
+    full = _np(model, model(np.concatenate([ids[:, :6], other], axis=1)))
+    np.testing.assert_allclose(stepped, full[:, 6:], rtol=RTOL, atol=ATOL)
+    assert cache.length == 10
