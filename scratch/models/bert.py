@@ -83,6 +83,13 @@ def _relu(x):
 _ACTIVATIONS = {"gelu": gelu, "gelu_new": gelu_tanh, "gelu_pytorch_tanh": gelu_tanh, "relu": _relu, "silu": silu}
 
 
+def _is_integer_dtype(xp, dtype) -> bool:
+    isdtype = getattr(xp, "isdtype", None)          # the standard's test (Array API 2023.12); older CuPy lacks it
+    if isdtype is not None:
+        return isdtype(dtype, "integral")
+    return np.issubdtype(np.dtype(dtype), np.integer)
+
+
 # --- the model -----------------------------------------------------------------------------------------------------
 
 class Bert:
@@ -128,7 +135,7 @@ class Bert:
             xp = self.backend.namespace_of(values)
             if values.ndim != 2:
                 raise ValueError(f"{name} must be (B, T), got shape {tuple(values.shape)}")
-            if not xp.isdtype(values.dtype, "integral"):
+            if not _is_integer_dtype(xp, values.dtype):
                 raise ValueError(f"{name} must hold integers, got dtype {values.dtype}")
         if shape is not None and tuple(values.shape) != shape:
             raise ValueError(f"{name} has shape {tuple(values.shape)} but input_ids has shape {shape}")
