@@ -79,7 +79,7 @@ def _relu(x):
 
 
 # config.hidden_act -> function. "gelu" is the exact erf form (what every released BERT uses); the tanh forms are
-# GPT-2's approximation, which differs by up to ~1e-3 and would break exactness if swapped in.
+# GPT-2's approximation, which differs by up to ~5e-4 and would break exactness if swapped in.
 _ACTIVATIONS = {"gelu": gelu, "gelu_new": gelu_tanh, "gelu_pytorch_tanh": gelu_tanh, "relu": _relu, "silu": silu}
 
 
@@ -163,6 +163,8 @@ class Bert:
         c, w, xp = self.config, self.weights, self.backend.xp
         ids = self._ids(input_ids, "input_ids", c.vocab_size)                          # (B, T)
         B, T = ids.shape
+        if T == 0 or B == 0:
+            raise ValueError(f"input_ids must hold at least one sequence of at least one token, got shape {(B, T)}")
         if T > c.max_position_embeddings:
             raise ValueError(f"sequence length {T} exceeds max_position_embeddings {c.max_position_embeddings}")
         if token_type_ids is None:
