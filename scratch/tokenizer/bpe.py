@@ -21,32 +21,33 @@ from itertools import chain
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import regex
 
 from scratch.tokenizer.pretokenize import MAX_RUN_CHARS, pretokenize, resolve_pattern
 
 NO_RANK = sys.maxsize  # "this pair never merges": larger than every rank, so min() never picks it over a real one
 LONG_CHUNK_BYTES = 128  # chunks longer than this use the heap merge (O(n log n)) instead of the list scan (O(n^2))
+BATCH_MIN = 64  # this many new chunks in one call are merged together with NumPy (_bpe_batch), fewer one by one
 CACHE_LIMIT = 1 << 20  # chunk-cache entries; past this the cache starts over (memory stays bounded on any input)
+_NO_RANK_NP = 1 << 40  # NO_RANK inside _bpe_batch (int64 room to pack a rank with an 8-bit position)
 FORMAT_NAME, FORMAT_VERSION = "scratch-bpe", 1
 MERGE_RANKS = ("index", "token_id")
 
 
 class _ChunkCache(dict):
-    """chunk text -> tuple of ids. A hit is one C-level dict lookup; a miss calls `__missing__`, which runs BPE."""
+    """chunk text -> list of ids (never handed out: encode copies). A hit is one C-level dict lookup. A miss (`__missing__`) only records the chunk
+    and answers () for now: encode_ordinary then runs BPE on all missed chunks at once and looks them up again."""
 
-    __slots__ = ("encode_chunk",)
+    __slots__ = ("pending",)
 
-    def __init__(self, encode_chunk):
+    def __init__(self):
         super().__init__()
-        self.encode_chunk = encode_chunk
+        self.pending: set[str] = set()
 
-    def __missing__(self, chunk: str) -> tuple[int, ...]:
-        ids = self.encode_chunk(chunk)
-        if len(self) >= CACHE_LIMIT:
-            self.clear()
-        self[chunk] = ids
-        return ids
+    def __missing__(self, chunk: str) -> list[int]:
+        self.pending.add(chunk)
+        return []
 
 
 class StreamDecoder:
@@ -142,7 +143,8 @@ class BPETokenizer:
         self._decoder: dict[int, bytes] = dict(self.vocab)
         self._decoder.update((token_id, text.encode("utf-8")) for text, token_id in self.special_tokens.items())
         self._special_regexes: dict[frozenset, regex.Pattern] = {}
-        self._cache = _ChunkCache(self._encode_chunk)
+        self._cache = _ChunkCache()
+        self._arrays = None  # NumPy copies of the pair table, built on the first batch (see _bpe_batch)
         self.heap_steps = 0  # merge-heap pops so far (a work counter for the near-linear tests)
 
     def _merge_problem(self, merge) -> str:
@@ -237,13 +239,97 @@ class BPETokenizer:
         self.heap_steps += steps
         return [token_id for token_id in ids if token_id >= 0]
 
-    def _encode_chunk(self, chunk: str) -> tuple[int, ...]:
-        data = chunk.encode("utf-8")
-        if self.ignore_merges:
-            token_id = self._id_of_bytes.get(data)
+    def _pair_arrays(self):
+        if self._arrays is None:
+            keys = np.fromiter(self._pair_rank.keys(), dtype=np.int64, count=len(self._pair_rank))
+            ranks = np.fromiter(self._pair_rank.values(), dtype=np.int64, count=len(self._pair_rank))
+            order = np.argsort(keys)
+            if not len(keys):  # no merges: one key that never matches keeps searchsorted in range
+                keys, ranks, order = np.array([-1], np.int64), np.array([_NO_RANK_NP], np.int64), np.array([0])
+            keys, ranks = keys[order], ranks[order]
+            new_of = np.asarray(self._rank_new, dtype=np.int64) if self.merge_rank == "index" else None
+            byte_ids = np.asarray(self._byte_ids, dtype=np.int64)
+            # rank of every pair of single bytes, indexed by (byte1 << 8) | byte2: the first round needs no search
+            byte_pairs = ((byte_ids[:, None] << self._shift) | byte_ids[None, :]).ravel()
+            at = np.minimum(np.searchsorted(keys, byte_pairs), len(keys) - 1)
+            byte_pair_ranks = np.where(keys[at] == byte_pairs, ranks[at], _NO_RANK_NP)
+            self._arrays = (keys, ranks, new_of, byte_ids, byte_pair_ranks)
+        return self._arrays
+
+    def _bpe_batch(self, datas: list[bytes]) -> list[list[int]]:
+        """Many short chunks (2..255 bytes each) at once: each round merges, in every chunk not yet finished, its
+        lowest-ranked pair (leftmost on ties) -- the step of _bpe_short, done for all chunks with a few NumPy calls.
+        Pair ranks are found by binary search in the sorted pair keys; after a merge only the two pairs touching
+        the new token are looked up again. A chunk leaves the batch when none of its pairs has a rank."""
+        sorted_keys, sorted_ranks, new_of, byte_ids, byte_pair_ranks = self._pair_arrays()
+        shift, last = self._shift, len(sorted_keys) - 1
+
+        def rank_of(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+            keys = (left << shift) | right
+            at = np.minimum(np.searchsorted(sorted_keys, keys), last)
+            return np.where(sorted_keys[at] == keys, sorted_ranks[at], _NO_RANK_NP)
+
+        results: list = [None] * len(datas)
+        lengths = np.fromiter(map(len, datas), dtype=np.int64, count=len(datas))  # per chunk
+        data = np.frombuffer(b"".join(datas), dtype=np.uint8).astype(np.int64)
+        ids = byte_ids[data]  # all chunks' tokens, end to end
+        starts = np.cumsum(lengths) - lengths
+        ranks = np.empty_like(ids)  # ranks[i]: the pair (i, i + 1), or no rank at a chunk's last token
+        ranks[:-1] = byte_pair_ranks[(data[:-1] << 8) | data[1:]]
+        ranks[starts + lengths - 1] = _NO_RANK_NP
+        chunk_of = np.arange(len(datas))
+        while len(lengths):
+            local = np.arange(len(ids)) - np.repeat(starts, lengths)  # position inside its chunk, < 256
+            best = np.minimum.reduceat((ranks << 8) | local, starts)  # lowest rank, then leftmost, per chunk
+            done = (best >> 8) >= _NO_RANK_NP
+            if done.any():  # finished chunks leave
+                finished = np.repeat(done, lengths)
+                flat, cut = ids[finished].tolist(), 0
+                for chunk, length in zip(chunk_of[done].tolist(), lengths[done].tolist()):
+                    results[chunk] = flat[cut:cut + length]
+                    cut += length
+                ids, ranks = ids[~finished], ranks[~finished]
+                lengths, chunk_of, best = lengths[~done], chunk_of[~done], best[~done]
+                starts = np.cumsum(lengths) - lengths
+                if not len(lengths):
+                    break
+            at = starts + (best & 255)  # the left token of each chunk's merge
+            ids[at] = new_of[best >> 8] if new_of is not None else best >> 8  # "token_id": the rank is the id
+            keep = np.ones(len(ids), dtype=bool)
+            keep[at + 1] = False  # the right token is absorbed
+            ids, ranks = ids[keep], ranks[keep]
+            shifted = np.arange(len(at))  # one token fewer in every chunk before this one
+            at, starts, lengths = at - shifted, starts - shifted, lengths - 1
+            ranks[at] = _NO_RANK_NP
+            right = at[at + 1 < starts + lengths]
+            ranks[right] = rank_of(ids[right], ids[right + 1])
+            left = at[at > starts] - 1
+            ranks[left] = rank_of(ids[left], ids[left + 1])
+        return results
+
+    def _encode_chunks(self, chunks: Iterable[str]) -> dict[str, list[int]]:
+        """chunk -> ids for many chunks: whole-token lookup, then the heap for long chunks, NumPy rounds for many
+        short ones, the list scan for a few."""
+        encoded: dict[str, list[int]] = {}
+        short: list[tuple[str, bytes]] = []
+        id_of_bytes = self._id_of_bytes if self.ignore_merges else {}
+        for chunk in chunks:
+            data = chunk.encode("utf-8")
+            token_id = id_of_bytes.get(data)
             if token_id is not None:
-                return (token_id,)
-        return tuple(self._bpe(data))
+                encoded[chunk] = [token_id]
+            elif len(data) > LONG_CHUNK_BYTES:
+                encoded[chunk] = self._bpe_heap(data)
+            elif len(data) < 2:
+                encoded[chunk] = [self._byte_ids[value] for value in data]
+            else:
+                short.append((chunk, data))
+        if len(short) >= BATCH_MIN:
+            merged = self._bpe_batch([data for _, data in short])
+        else:
+            merged = [self._bpe_short(data) for _, data in short]
+        encoded.update(zip([chunk for chunk, _ in short], merged))
+        return encoded
 
     def encode_chunk_bytes(self, data: bytes) -> list[int]:
         """BPE on one pre-token given as bytes (any bytes, not only UTF-8): whole-token lookup, then merging."""
@@ -254,14 +340,26 @@ class BPETokenizer:
     # ---------------------------------------------------------------- text -> ids
     def encode_ordinary(self, text: str) -> list[int]:
         """Ids of `text`, treating special-token text as ordinary text. The hot loop is C: one regex findall, one
-        cache lookup per chunk, one flatten."""
+        cache lookup per chunk, one flatten. Chunks not in the cache are merged together, then looked up again."""
         try:
             chunks = pretokenize(text, self._regex, self.max_run)
-            return list(chain.from_iterable(map(self._cache.__getitem__, chunks)))
+            return self._ids_of_chunks(chunks)
         except UnicodeEncodeError:
             # subtle: lone surrogates cannot be UTF-8 encoded; tiktoken replaces them with U+FFFD and goes on
+            self._cache.pending.clear()
             text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-            return list(chain.from_iterable(map(self._cache.__getitem__, pretokenize(text, self._regex, self.max_run))))
+            return self._ids_of_chunks(pretokenize(text, self._regex, self.max_run))
+
+    def _ids_of_chunks(self, chunks: list[str]) -> list[int]:
+        cache = self._cache
+        if len(cache) > CACHE_LIMIT:
+            cache.clear()
+        ids = list(chain.from_iterable(map(cache.__getitem__, chunks)))
+        if cache.pending:
+            missed, cache.pending = cache.pending, set()
+            cache.update(self._encode_chunks(missed))
+            ids = list(chain.from_iterable(map(cache.__getitem__, chunks)))
+        return ids
 
     def _special_regex(self, tokens: frozenset) -> regex.Pattern:
         if tokens not in self._special_regexes:

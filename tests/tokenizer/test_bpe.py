@@ -51,6 +51,23 @@ def test_fast_bpe_equals_reference_cl100k(cl100k, data):
     assert cl100k._bpe_heap(data) == expected
 
 
+SHORT_BYTES = BYTES.filter(lambda data: 2 <= len(data) <= 128)
+
+
+@given(st.lists(SHORT_BYTES, min_size=1, max_size=40))
+def test_batch_bpe_equals_reference(small, cl100k, datas):
+    """The NumPy rounds (many chunks merged together) against the plain loop, for both rank kinds."""
+    for tokenizer in (small, cl100k):
+        assert tokenizer._bpe_batch(datas) == [tokenizer._bpe_reference(data) for data in datas]
+
+
+def test_encode_many_new_chunks_at_once(cl100k):
+    """Enough distinct new chunks in one call to take the batch path; same ids as chunk by chunk."""
+    words = [f" w{i}x{i * 7919 % 1000}q" for i in range(300)] + ["안녕하세요" * (i % 5 + 1) for i in range(20)]
+    fresh = BPETokenizer(cl100k.vocab, cl100k.merges, "gpt4", merge_rank="token_id")
+    assert fresh.encode_ordinary("".join(words)) == [t for w in words for t in cl100k.encode_chunk_bytes(w.encode())]
+
+
 def test_merge_rule_by_hand():
     """1 bytes, 2 pairs, 3 lowest rank (leftmost on ties), 4 repeat: "aaab" with merges aa, then aa+a."""
     vocab = {i: bytes([i]) for i in range(256)}
@@ -337,13 +354,13 @@ def test_long_runs_stay_near_linear(cl100k, text, monkeypatch):
     characters), and the heap merge pops O(bytes) entries."""
     tokenizer = BPETokenizer(cl100k.vocab, cl100k.merges, "gpt4", merge_rank="token_id")  # fresh, empty cache
     chunk_bytes = []
-    inner = tokenizer._bpe
+    inner = tokenizer._encode_chunks
 
-    def counted(data):
-        chunk_bytes.append(len(data))
-        return inner(data)
+    def counted(chunks):
+        chunk_bytes.extend(len(chunk.encode()) for chunk in chunks)
+        return inner(chunks)
 
-    monkeypatch.setattr(tokenizer, "_bpe", counted)
+    monkeypatch.setattr(tokenizer, "_encode_chunks", counted)
     ids = tokenizer.encode_ordinary(text)
     assert tokenizer.decode(ids) == text
     assert len(chunk_bytes) <= 4, "the same 25,000-character piece must come from the cache"
