@@ -141,7 +141,7 @@ class HFTokenizer(BPETokenizer):
         next_id = max([*vocab, *(special_tokens or {}).values(), -1]) + 1
         self.n_real = next_id
         # subtle: BPETokenizer needs an id for every byte; missing ones get placeholder ids past the vocabulary,
-        # removed again below; the bytes themselves are dropped before merging (_without_missing).
+        # removed again below; the bytes themselves are dropped before merging (_encode_hf_chunk).
         self.missing_bytes = frozenset(b for b in range(256) if bytes([b]) not in present)  # dropped when encoding
         self._missing = bytes(sorted(self.missing_bytes))
         self._placeholders = frozenset(range(next_id, next_id + len(self.missing_bytes)))
@@ -155,34 +155,46 @@ class HFTokenizer(BPETokenizer):
             del self._decoder[token_id]
         self.n_vocab = self.n_real
         self.byte_level_pattern = tuple(resolve_pattern(tuple(byte_level_pattern))) if byte_level_pattern else ()
+        self._byte_level_compiled = [compile_pattern(each) for each in self.byte_level_pattern]
+        self._hf_cache: dict[str, tuple[int, ...]] = {}
         # True for special added tokens, False for the others ("user-defined"); all are matched in text
         self.special_flags = dict(special_flags or {token: True for token in self.special_tokens})
 
-    def _without_missing(self, data: bytes) -> bytes:
-        # subtle: `tokenizers` drops a byte with no token BEFORE merging, so its neighbours can still merge
-        return data.translate(None, self._missing) if self._missing else data
-
-    def _bpe(self, data: bytes) -> list[int]:
-        return super()._bpe(self._without_missing(data))
-
-    def _bpe_reference(self, data: bytes) -> list[int]:
-        return super()._bpe_reference(self._without_missing(data))
-
     def encode_ordinary(self, text: str) -> list[int]:
-        if not self.byte_level_pattern:
-            return super().encode_ordinary(text)
-        table, back = bytes_to_unicode(), unicode_to_bytes()
-        splits = [compile_pattern(each) for each in self.byte_level_pattern]
+        if not self._missing and not self.byte_level_pattern:
+            return super().encode_ordinary(text)  # the common case: BPETokenizer's own fast path
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates become U+FFFD, as in BPETokenizer.encode_ordinary
+            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        cache = self._hf_cache
         ids: list[int] = []
         for chunk in pretokenize(text, self.pattern, self.max_run):
-            # lone surrogates cannot be UTF-8 encoded: U+FFFD, as BPETokenizer.encode_ordinary does
-            data = chunk.encode("utf-8", "surrogatepass").decode("utf-8", "replace").encode("utf-8")
-            pieces = ["".join(table[byte] for byte in data)]
-            for split in splits:
-                pieces = split_isolated(pieces, split)
-            for piece in pieces:
-                ids.extend(self.encode_chunk_bytes(bytes(back[char] for char in piece)))
+            found = cache.get(chunk)
+            if found is None:
+                if len(cache) >= 1 << 20:
+                    cache.clear()
+                found = cache[chunk] = self._encode_hf_chunk(chunk)
+            ids.extend(found)
         return ids
+
+    def _encode_hf_chunk(self, chunk: str) -> tuple[int, ...]:
+        data = chunk.encode("utf-8")
+        if self.byte_level_pattern:
+            table, back = bytes_to_unicode(), unicode_to_bytes()
+            pieces = ["".join(table[byte] for byte in data)]
+            for split in self._byte_level_compiled:
+                pieces = split_isolated(pieces, split)
+            parts = [bytes(back[char] for char in piece) for piece in pieces]
+        else:
+            parts = [data]
+        ids: list[int] = []
+        for part in parts:
+            # subtle: `tokenizers` drops a byte that has no token BEFORE merging, so its neighbours still merge
+            kept = part.translate(None, self._missing) if self._missing else part
+            if kept:
+                ids.extend(self.encode_chunk_bytes(kept))
+        return tuple(ids)
 
     def encode(self, text: str, allowed_special: Iterable[str] | str = "all",
                disallowed_special: Iterable[str] | str = ()) -> list[int]:
@@ -316,7 +328,7 @@ def _build(vocab: dict[str, int], merges: list[tuple[str, str]], added: dict[str
         raise ValueError(f"{source}: {error}") from None
 
 
-def _from_tokenizer_json(path: Path, pattern) -> HFTokenizer:
+def _from_tokenizer_json(path: Path, pattern, ignore_merges: bool | None) -> HFTokenizer:
     data = _read_json(path)
     source = str(path)
     if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
@@ -351,15 +363,29 @@ def _from_tokenizer_json(path: Path, pattern) -> HFTokenizer:
         if len(parts) != 2:
             raise ValueError(f"{source}: merge {index} {merge!r} is not a pair (\"a b\" or [\"a\", \"b\"])")
         merges.append((parts[0], parts[1]))
+    vocab = dict(vocab)
     added = {}
     for entry in data.get("added_tokens") or []:
-        added[entry["content"]] = (int(entry["id"]), bool(entry.get("special", False)))
-        vocab = vocab if entry["content"] in vocab else {**vocab, entry["content"]: int(entry["id"])}
+        if not isinstance(entry, dict) or not isinstance(entry.get("content"), str) or \
+                not isinstance(entry.get("id"), int):
+            raise ValueError(f"{source}: added token {entry!r} needs a string 'content' and an integer 'id'")
+        added[entry["content"]] = (entry["id"], bool(entry.get("special", False)))
+        vocab.setdefault(entry["content"], entry["id"])
     before, after = _pattern_from_pre_tokenizer(data.get("pre_tokenizer"), source)
     if pattern is not None:
         before, after = (tuple(pattern) if isinstance(pattern, (tuple, list)) else (pattern,)), ()
-    return _build(vocab, merges, added, before if len(before) > 1 else before[0], after,
-                  bool(model.get("ignore_merges", False)), source)
+    if ignore_merges is None:
+        ignore_merges = bool(model.get("ignore_merges", False))
+    return _build(vocab, merges, added, _simplest(before), after, ignore_merges, source)
+
+
+def _simplest(regexes: tuple[str, ...]) -> str | tuple[str, ...]:
+    """A published pattern by its name ("gpt2", "llama3"...; findall, fast), anything else as a tuple (the
+    "isolated" rule, which keeps text that a regex does not match, as Hugging Face's Split does)."""
+    names = {regex_text: name for name, regex_text in PATTERNS.items()}
+    if len(regexes) == 1 and regexes[0] in names:
+        return names[regexes[0]]
+    return regexes
 
 
 def _read_merges_txt(path: Path) -> list[tuple[str, str]]:
@@ -399,8 +425,7 @@ def _from_vocab_merges(folder: Path, pattern, ignore_merges) -> HFTokenizer:
         else:
             raise ValueError(f"{folder / 'meta.json'}: unknown pre-tokenizer {pre!r}; known: "
                              f"{', '.join(sorted(PRE_TOKENIZERS))} (or pass pattern=)")
-        if isinstance(pattern, tuple) and len(pattern) == 1:
-            pattern = pattern[0]
+        pattern = _simplest(pattern)
     if ignore_merges is None:
         ignore_merges = IGNORE_MERGES.get(pre, False)
     return _build(vocab, merges, added, pattern, byte_level_pattern, ignore_merges, str(folder))
@@ -417,22 +442,14 @@ def from_hf(path: str | os.PathLike, pattern: str | tuple[str, ...] | None = Non
     """
     path = Path(path)
     if path.is_file():
-        return _from_tokenizer_json(path, pattern) if ignore_merges is None else \
-            _with_ignore_merges(_from_tokenizer_json(path, pattern), ignore_merges)
+        return _from_tokenizer_json(path, pattern, ignore_merges)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such file or folder")
     if (path / "tokenizer.json").is_file():
-        tok = _from_tokenizer_json(path / "tokenizer.json", pattern)
-        return tok if ignore_merges is None else _with_ignore_merges(tok, ignore_merges)
+        return _from_tokenizer_json(path / "tokenizer.json", pattern, ignore_merges)
     if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
         return _from_vocab_merges(path, pattern, ignore_merges)
     raise FileNotFoundError(f"{path}: holds neither tokenizer.json nor vocab.json + merges.txt")
-
-
-def _with_ignore_merges(tok: HFTokenizer, ignore_merges: bool) -> HFTokenizer:
-    return HFTokenizer({i: b for i, b in tok.vocab.items()}, tok.merges, tok.pattern, tok.special_tokens,
-                       ignore_merges=ignore_merges, byte_level_pattern=tok.byte_level_pattern,
-                       special_flags=tok.special_flags)
 
 
 # ---------------------------------------------------------------------------------------------------------------

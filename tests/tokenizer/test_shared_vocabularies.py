@@ -129,5 +129,7 @@ def test_missing_bytes_are_dropped_like_tokenizers():
     assert tok.n_vocab == 49152
 
 
-def test_gpt2_pre_tokenizer_is_the_gpt2_regex():
-    assert load("gpt2").pattern == GPT2
+def test_pre_tokenizers_by_name():
+    assert load("gpt2").pattern == load("mpt").pattern == "gpt2"  # the published regex, by its name
+    assert load("starcoder").pattern == (r"\p{N}", GPT2)
+    assert load("falcon").byte_level_pattern == (r"\p{N}+", "[0-9][0-9][0-9]")
