@@ -254,6 +254,11 @@ def test_from_config_options():
     assert "heads=none" in repr(bare)
     wide = bert.from_config(TINY, seed=0, dtype="float64")(np.array([[1, 2, 3]]))
     assert wide.last_hidden_state.dtype == np.float64 and wide.logits.dtype == np.float64
+    half = bert.from_config(TINY, seed=0, dtype="float16")(np.array([[1, 2, 3]]))
+    full = bert.from_config(TINY, seed=0)(np.array([[1, 2, 3]]))
+    assert half.logits.dtype == np.float16 and half.pooler_output.dtype == np.float16
+    # float16 keeps ~3 decimal digits; hidden states are O(1) after the final LayerNorm
+    np.testing.assert_allclose(half.last_hidden_state, full.last_hidden_state, rtol=0, atol=1e-2)
     with pytest.raises(ValueError, match="int32"):
         bert.from_config(TINY, dtype="int32")
     with pytest.raises(TypeError, match="BertConfig"):
