@@ -2,8 +2,8 @@
 
 `GenerationConfig` names every knob (transformers' names); `build_processors(config)` turns it into the list of
 (input_ids (B, T), scores (B, V)) -> scores functions transformers would apply, in the same order; `apply` runs
-them; `greedy` and `sample` pick the next token (the uniform draw is passed in). The generation loop itself lives
-with the models, which own the KV cache. See docs/decoding.md.
+them; `greedy` and `sample` pick the next token (the uniform draw is passed in); `build_stopping` says which rows
+are done. The generation loop itself lives with the models, which own the KV cache. See docs/decoding.md.
 """
 from scratch.generate.config import GenerationConfig
 from scratch.generate.processors import (
@@ -29,6 +29,7 @@ from scratch.generate.processors import (
     softmax,
     token_counts,
 )
+from scratch.generate.stopping import EosToken, MaxLength, MaxNewTokens, StopStrings, any_stop, build_stopping
 from scratch.generate.sampling import (
     draw_uniforms,
     greedy,
@@ -43,4 +44,5 @@ __all__ = [
     "SuppressTokens", "SuppressTokensAtBegin", "SequenceBias", "NoBadWords",
     "Temperature", "TopK", "TopP", "MinP", "Typical", "Epsilon", "Eta",
     "greedy", "draw_uniforms", "sample_from_probs", "sample", "sample_multinomial_reference",
+    "EosToken", "MaxLength", "MaxNewTokens", "StopStrings", "any_stop", "build_stopping",
 ]
