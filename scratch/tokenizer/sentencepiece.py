@@ -26,6 +26,8 @@ NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 TYPE_NAMES = {NORMAL: "normal", UNKNOWN: "unknown", CONTROL: "control", USER_DEFINED: "user-defined",
               UNUSED: "unused", BYTE: "byte"}
 MODEL_TYPES = {1: "UNIGRAM", 2: "BPE", 3: "WORD", 4: "CHAR"}  # TrainerSpec.ModelType
+_WORD = regex.compile(f"{SPACE}*[^{SPACE}]+|{SPACE}+")  # a word: a run of "▁" then text without "▁"
+_WORD_PIECE = regex.compile(f"{SPACE}*[^{SPACE}]*")
 
 
 # sentencepiece turns every byte of an invalid UTF-8 sequence into its own U+FFFD; Python's "replace" handler
@@ -225,6 +227,11 @@ class SentencePieceBPE:
         # User-defined pieces are matched whole (longest first) before merging, and never merged further.
         user = sorted((p for p, _, t in self.pieces if t == USER_DEFINED), key=len, reverse=True)
         self._user_defined = regex.compile("|".join(regex.escape(p) for p in user)) if user else None
+        # Words can be encoded one at a time (and cached) if no piece has a "▁" after another character and "▁"
+        # is itself known (so unknown characters never touch across a cut). See _encode_by_words.
+        self._word_split = SPACE in self._mergeable and all(
+            _WORD_PIECE.fullmatch(p) for p, _, t in self.pieces if t in (NORMAL, USER_DEFINED, UNUSED))
+        self._word_cache: dict[str, tuple[int, ...]] = {}
 
     # -- constructors ------------------------------------------------------------------------------------------
     @classmethod
@@ -415,13 +422,41 @@ class SentencePieceBPE:
             emit(p)
         return ids
 
+    def _encode_by_words(self, normalized: str) -> list[int]:
+        """The fast path: cut the text before each "▁" that follows another character ("▁▁a▁b" -> "▁▁a", "▁b"),
+        encode each word once (cached). Exact when every piece is "▁"-run + non-"▁" text, as in Llama 2: then no
+        piece can hold a "▁" after another character, so no merge crosses such a cut, and merges inside one word
+        do not depend on the others (checked in __init__, property-tested against the whole-text loop)."""
+        ids: list[int] = []
+        cache = self._word_cache
+        pos = 0
+        user = self._user_defined.finditer(normalized) if self._user_defined is not None else ()
+        for match in [*user, None]:
+            end = match.start() if match is not None else len(normalized)
+            for word in _WORD.findall(normalized, pos, end):
+                found = cache.get(word)
+                if found is None:
+                    if len(cache) >= 1 << 20:
+                        cache.clear()
+                    merged, splits = self.merge_fast(list(word), [False] * len(word))
+                    found = cache[word] = tuple(self._to_ids(merged, splits))
+                ids.extend(found)
+            if match is not None:
+                ids.extend(self._to_ids([match.group()], {}))
+                pos = match.end()
+        return ids
+
     def encode(self, text: str, add_bos: bool = False, add_eos: bool = False, *, reference: bool = False) -> list[int]:
         """Token ids of `text`. reference=True uses the plain O(n^2) merge loop instead of the priority queue."""
         if not isinstance(text, str):
             raise TypeError(f"encode() takes a str, got {type(text).__name__}")
-        symbols, frozen = self._initial_symbols(self.normalize(text))
-        merged, splits = (self.merge_reference if reference else self.merge_fast)(symbols, frozen)
-        ids = self._to_ids(merged, splits)
+        normalized = self.normalize(text)
+        if reference or not self._word_split:
+            symbols, frozen = self._initial_symbols(normalized)
+            merged, splits = (self.merge_reference if reference else self.merge_fast)(symbols, frozen)
+            ids = self._to_ids(merged, splits)
+        else:
+            ids = self._encode_by_words(normalized)
         if add_bos:
             if self.bos_id < 0:
                 raise ValueError("add_bos=True but this vocabulary has no BOS piece")

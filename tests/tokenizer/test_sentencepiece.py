@@ -124,6 +124,24 @@ def test_fast_merge_equals_reference_loop(text):
     assert tok.encode(text) == tok.encode(text, reference=True)
 
 
+@given(TEXT)
+def test_heap_merge_equals_plain_loop_on_whole_text(text):
+    tok = llama2()
+    symbols, frozen = tok._initial_symbols(tok.normalize(text))
+    assert tok.merge_fast(symbols, frozen) == tok.merge_reference(symbols, frozen)
+
+
+@given(TEXT)
+def test_user_defined_pieces_fast_equals_reference(text):
+    tok = from_tokens_json("phi-3")  # "</s>" is a user-defined piece there
+    text = text + "</s>" + text
+    assert tok.encode(text) == tok.encode(text, reference=True)
+
+
+def test_word_cache_path_is_used_for_llama2():
+    assert llama2()._word_split  # every Llama 2 piece is a run of "▁" then text without "▁"
+
+
 def test_long_text_fast_equals_reference():
     text = "The quick brown fox 🦙 jumps over 12345 lazy dogs. " * 20
     tok = llama2()
