@@ -11,7 +11,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
-from scratch.tokenizer.hf import GPT2, PRE_TOKENIZERS, HFTokenizer, from_hf, to_hf_json, to_oniguruma
+from scratch.tokenizer.hf import GPT2, PRE_TOKENIZERS, HFTokenizer, from_hf, to_hf, to_hf_json, to_oniguruma
 from tests.conftest import require_shared
 
 NAMES = ["gpt2", "starcoder", "refact", "falcon", "mpt", "deepseek-coder", "deepseek-llm"]
@@ -133,3 +133,13 @@ def test_pre_tokenizers_by_name():
     assert load("gpt2").pattern == load("mpt").pattern == "gpt2"  # the published regex, by its name
     assert load("starcoder").pattern == (r"\p{N}", GPT2)
     assert load("falcon").byte_level_pattern == (r"\p{N}+", "[0-9][0-9][0-9]")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_written_tokenizer_json_reproduces_the_reference_ids(name, tmp_path):
+    # to_hf writes our regexes as Split steps (and Falcon's byte-level splits after ByteLevel)
+    path = to_hf(load(name), tmp_path / "tokenizer.json")
+    theirs = Tokenizer.from_file(str(path))
+    assert [theirs.encode(case["text"], add_special_tokens=False).ids for case in cases(name)] == \
+        [case["ids"] for case in cases(name)]
+    assert from_hf(path).encode(cases(name)[-1]["text"]) == cases(name)[-1]["ids"]  # and it reads back
