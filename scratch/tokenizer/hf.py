@@ -106,8 +106,11 @@ PRE_TOKENIZERS: dict[str, tuple[str, ...]] = {
     # and Split("[0-9][0-9][0-9]"): see BYTE_LEVEL_SPLITS
     "falcon": (r"[\p{P}" + ASCII_PUNCTUATION + r"]+", GPT2),
     "deepseek-coder": (r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", _CJK, r"\p{N}"),
-    "deepseek-llm": (r"[\r\n]", r"\s?[" + _DEEPSEEK_LETTERS + r"]+", r"\s?[!-/:-~\uff01-\uff0f\uff1a-\uff5e\u2018-\u201f\u3000-\u3002]+",
-                     r"\s+$", _CJK, r"\p{N}"),
+    # ... Split(letters), Split(ASCII and full-width punctuation, quotes), Split(trailing space), Split(CJK),
+    # Digits(individual_digits=True) as in DeepSeek's tokenizer.json (llama.cpp writes "\p{N}+"; the same here,
+    # since the vocabulary has no multi-digit token)
+    "deepseek-llm": (r"[\r\n]", r"\s?[" + _DEEPSEEK_LETTERS + r"]+",
+                     r"\s?[!-/:-~\uff01-\uff0f\uff1a-\uff5e\u2018-\u201f\u3000-\u3002]+", r"\s+$", _CJK, r"\p{N}"),
     "llama-bpe": (PATTERNS["llama3"],),
 }
 PRE_TOKENIZERS["gpt2"] = PRE_TOKENIZERS["gpt-2"]
@@ -238,7 +241,7 @@ def _pattern_from_pre_tokenizer(spec, source: str) -> tuple[tuple[str, ...], tup
             if "Regex" in pattern:
                 target.append(from_oniguruma(pattern["Regex"]))
             elif "String" in pattern:
-                target.append(regex_escape(pattern["String"]))
+                target.append(regex.escape(pattern["String"]))
             else:
                 raise ValueError(f"{source}: Split pre-tokenizer without a pattern: {step!r}")
         elif kind == "Digits":
@@ -258,16 +261,10 @@ def _pattern_from_pre_tokenizer(spec, source: str) -> tuple[tuple[str, ...], tup
     return tuple(before), tuple(after)
 
 
-def regex_escape(text: str) -> str:
-    return regex.escape(text)
-
-
 # subtle: `tokenizers` runs Split regexes with Oniguruma, where "X{1,3}+" is NOT possessive as in Python's `regex`
 # (and Java/PCRE) but "(X{1,3})+", i.e. any number of X: cl100k's "\p{N}{1,3}+" would keep "12345" whole. Possessive
 # ?+ *+ ++ mean the same in both. So intervals are translated both ways; an atomic group is Oniguruma's possessive.
 _INTERVAL_PLUS = regex.compile(r"(\\p\{\w+\}|\\P\{\w+\}|\\.|\[(?:\\.|[^\]\\])*\]|[^\\()|{}\[\]])(\{\d+(?:,\d*)?\})\+")
-
-
 _NON_ASCII_ESCAPE = regex.compile(r"(?<!\\)((?:\\\\)*)\\(?:u([0-9a-fA-F]{4})|U([0-9a-fA-F]{8}))")
 
 
@@ -285,7 +282,7 @@ def from_oniguruma(pattern: str) -> str:
     return _INTERVAL_PLUS.sub(r"(?:\1\2)+", pattern)
 
 
-def _added_from_types(types_path: Path, vocab: dict[str, int]) -> dict[str, tuple[int, bool]]:
+def _added_from_types(types_path: Path) -> dict[str, tuple[int, bool]]:
     """Added tokens from a tokens.json table (type 3 control = special, 4 user-defined = not special)."""
     rows = _read_json(types_path)
     added = {}
@@ -410,7 +407,7 @@ def _from_vocab_merges(folder: Path, pattern, ignore_merges) -> HFTokenizer:
     meta = _read_json(folder / "meta.json") if (folder / "meta.json").is_file() else {}
     pre = meta.get("tokenizer.ggml.pre")
     if (folder / "tokens.json").is_file():
-        added = _added_from_types(folder / "tokens.json", vocab)
+        added = _added_from_types(folder / "tokens.json")
     elif isinstance(meta.get("control_or_user_defined_tokens"), list):
         added = {text: (int(token_id), True) for token_id, text in meta["control_or_user_defined_tokens"]}
     else:

@@ -190,8 +190,8 @@ class SentencePieceBPE:
         self.normalizer = normalizer if normalizer is not None else NormalizerSpec(remove_extra_whitespaces=False)
         self.trainer = trainer
         if trainer.model_type != 2:
-            raise ValueError(f"{source}: sentencepiece model type is {MODEL_TYPES.get(trainer.model_type, trainer.model_type)}"
-                             f", only BPE is supported")
+            kind = MODEL_TYPES.get(trainer.model_type, trainer.model_type)
+            raise ValueError(f"{source}: sentencepiece model type is {kind}, only BPE is supported")
         if self.normalizer.has_charsmap:
             raise ValueError(f"{source}: normalization rule {self.normalizer.name!r} (a precompiled charsmap) is not "
                              f"supported; only the identity normalizer (as in Llama 2)")

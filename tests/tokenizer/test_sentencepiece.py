@@ -7,7 +7,7 @@ from functools import lru_cache
 
 import pytest
 import sentencepiece
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from scratch.tokenizer.sentencepiece import (BYTE, CONTROL, NORMAL, SPACE, UNKNOWN, USER_DEFINED,

@@ -60,8 +60,8 @@ def reference(name: str) -> Tokenizer:
 
 
 TEXT = st.lists(st.one_of(
-    st.sampled_from([" ", "  ", "    ", "\t", "\n", "\n\n", "\r\n", " \n ", "3", "42", "2024", "1234567", "abc", "Hello",
-                     " world", "'s", "'LL", "don't", "ü", "Führer", "naïve", "½", "²", "м", "Български", "中文", "日本語",
+    st.sampled_from([" ", "  ", "    ", "\t", "\n", "\n\n", "\r\n", " \n ", "3", "42", "2024", "1234567", "abc",
+                     "Hello", " world", "'s", "'LL", "don't", "ü", "Führer", "naïve", "½", "²", "м", "Български", "中文", "日本語",
                      "한국어", "🦙", "😶\u200d🌫️", "\u00a0", "!!", "...", "—", "（", "：", "‘", "$+<=>^`|~", "Ὗ", "K"]),
     st.characters(codec="utf-8")), max_size=20).map("".join)
 
