@@ -80,8 +80,13 @@ class WeightReader:
 
 
 def put(backend: backends.Backend, host: np.ndarray, dtype: str):
-    """A host array moved to the backend as a C-contiguous array of `dtype` (the one copy made at load)."""
-    return backend.asarray(np.ascontiguousarray(host), dtype=dtype)
+    """A host array moved to the backend as a C-contiguous array of `dtype`, in memory the model owns.
+
+    subtle: the safetensors reader returns memory-mapped views; np.ascontiguousarray would hand those through
+    unchanged, leaving the model's weights backed by the file (first use pays the page faults, and a rewritten
+    file would change the model). np.array copies once, here, at load.
+    """
+    return backend.asarray(np.array(host, order="C"), dtype=dtype)
 
 
 def token_ids(backend: backends.Backend, input_ids, n_vocab: int):
