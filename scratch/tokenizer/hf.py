@@ -107,8 +107,8 @@ PRE_TOKENIZERS: dict[str, tuple[str, ...]] = {
     "falcon": (r"[\p{P}" + ASCII_PUNCTUATION + r"]+", GPT2),
     "deepseek-coder": (r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", _CJK, r"\p{N}"),
     # ... Split(letters), Split(ASCII and full-width punctuation, quotes), Split(trailing space), Split(CJK),
-    # Digits(individual_digits=True) as in DeepSeek's tokenizer.json (llama.cpp writes "\p{N}+"; the same here,
-    # since the vocabulary has no multi-digit token)
+    # Digits(individual_digits=True) as in DeepSeek-V2's published pre-tokenizer (llama.cpp writes "\p{N}+": the
+    # same here, since the vocabulary has no multi-digit token)
     "deepseek-llm": (r"[\r\n]", r"\s?[" + _DEEPSEEK_LETTERS + r"]+",
                      r"\s?[!-/:-~\uff01-\uff0f\uff1a-\uff5e\u2018-\u201f\u3000-\u3002]+", r"\s+$", _CJK, r"\p{N}"),
     "llama-bpe": (PATTERNS["llama3"],),

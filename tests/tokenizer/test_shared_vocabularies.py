@@ -143,3 +143,41 @@ def test_written_tokenizer_json_reproduces_the_reference_ids(name, tmp_path):
     assert [theirs.encode(case["text"], add_special_tokens=False).ids for case in cases(name)] == \
         [case["ids"] for case in cases(name)]
     assert from_hf(path).encode(cases(name)[-1]["text"]) == cases(name)[-1]["ids"]  # and it reads back
+
+
+@pytest.fixture(scope="module")
+def llama3_tokenizer_json(tmp_path_factory):
+    """A Llama 3 tokenizer.json as Hugging Face ships it (Split(Llama 3 regex), ByteLevel without regex,
+    ignore_merges=true), built from the tiktoken rank file and the merges derived from it."""
+    import base64
+
+    from scratch.tokenizer.hf import bytes_to_token
+    folder = require_shared("tokenizers", "llama3")
+    with open(folder / "tokenizer.model", encoding="ascii") as f:
+        vocab = {bytes_to_token(base64.b64decode(token)): int(rank) for token, rank in map(str.split, f)}
+    with open(folder / "merges.txt", encoding="utf-8") as f:
+        merges = [line.rstrip("\n").split(" ") for line in f if line.strip() and not line.startswith("#version")]
+    with open(folder / "meta.json", encoding="utf-8") as f:
+        pattern = json.load(f)["pat_str"]
+    data = to_hf_json(load("gpt2"))  # the frame; every field that matters is replaced below
+    data["added_tokens"] = [{**data["added_tokens"][0], "id": 128000, "content": "<|begin_of_text|>"}]
+    data["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False},
+        _BYTE_LEVEL_NO_REGEX]}
+    data["model"].update(vocab=vocab, merges=merges, ignore_merges=True)
+    path = tmp_path_factory.mktemp("llama3") / "tokenizer.json"
+    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def test_llama3_tokenizer_json_needs_ignore_merges(llama3_tokenizer_json):
+    # With the whole-pre-token lookup (what the file says) all 46 match, as in tiktoken; without it one does not:
+    # a token reachable in tiktoken's rank order but not by the derived merges' order.
+    expected = [case["ids"] for case in cases("llama3")]
+    tok = from_hf(llama3_tokenizer_json)
+    assert tok.ignore_merges and tok.pattern == "llama3"
+    assert [tok.encode(case["text"]) for case in cases("llama3")] == expected
+    theirs = Tokenizer.from_file(str(llama3_tokenizer_json))
+    assert [theirs.encode(case["text"], add_special_tokens=False).ids for case in cases("llama3")] == expected
+    plain = from_hf(llama3_tokenizer_json, ignore_merges=False)
+    assert sum(plain.encode(case["text"]) != case["ids"] for case in cases("llama3")) == 1
