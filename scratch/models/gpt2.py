@@ -159,7 +159,7 @@ class GPT2Layer:
     proj_b: Any     # (C,)
 
 
-_LAYER_NAMES = {  # our field -> Hugging Face name under h.{i}.
+LAYER_NAMES = {  # our field -> Hugging Face name under h.{i}.
     "ln_1_w": "ln_1.weight", "ln_1_b": "ln_1.bias",
     "qkv_w": "attn.c_attn.weight", "qkv_b": "attn.c_attn.bias",
     "attn_proj_w": "attn.c_proj.weight", "attn_proj_b": "attn.c_proj.bias",
@@ -219,7 +219,7 @@ class GPT2:
     def parameter_count(self) -> int:
         """Distinct parameters (the tied head is wte, counted once) -- transformers' num_parameters()."""
         arrays = [self.wte, self.wpe, self.ln_f_w, self.ln_f_b]
-        arrays += [getattr(layer, name) for layer in self.layers for name in _LAYER_NAMES]
+        arrays += [getattr(layer, name) for layer in self.layers for name in LAYER_NAMES]
         return sum(math.prod(a.shape) for a in arrays)
 
     def new_cache(self, batch_size: int, max_length: int | None = None) -> KVCache:
@@ -292,7 +292,7 @@ def _assemble(config: GPT2Config, get, backend, dtype: str) -> GPT2:
     shapes = _layer_shapes(config)
     layers = tuple(
         GPT2Layer(**{field: put(backend, get(f"h.{i}.{name}", shapes[field]), dtype)
-                     for field, name in _LAYER_NAMES.items()})
+                     for field, name in LAYER_NAMES.items()})
         for i in range(config.n_layer))
     return GPT2(config=config, backend=backend, dtype=dtype,
                 wte=put(backend, get("wte.weight", (V, C)), dtype),
