@@ -239,22 +239,28 @@ class SentencePieceBPE:
         """Load a sentencepiece `.model` file (a serialized ModelProto)."""
         with open(path, "rb") as f:
             data = f.read()
-        pieces, trainer, normalizer = parse_model_proto(data, source=str(path))
+        try:
+            pieces, trainer, normalizer = parse_model_proto(data, source=str(path))
+        except ValueError as error:
+            if data[:1] in (b"{", b"[") or data[:64].isascii() and b"\n" in data[:200]:
+                raise ValueError(f"{error}; this looks like a text file, not a sentencepiece .model protobuf (a "
+                                 "tiktoken rank file or a JSON vocabulary?)") from None
+            raise
         return cls(pieces, normalizer=normalizer, trainer=trainer, source=str(path))
 
     @classmethod
     def from_pieces(cls, pieces: Iterable, *, add_dummy_prefix: bool = True, remove_extra_whitespaces: bool = False,
                     byte_fallback: bool | None = None, unk_id: int | None = None, bos_id: int | None = None,
                     eos_id: int | None = None) -> "SentencePieceBPE":
-        """From a piece table: (piece, score, type) triples, or the [piece, type, score] rows of a tokens.json
-        (told apart by which slot holds the float). Defaults are Llama 2's settings; byte_fallback defaults to
+        """From a piece table: (piece, score, type) triples with a float score, or the [piece, type, score] rows
+        of a tokens.json (an int second slot). Defaults are Llama 2's settings; byte_fallback defaults to
         "the table has byte pieces"; unk/bos/eos default to the pieces "<unk>", "<s>", "</s>" (-1 if absent)."""
         table = []
         for i, row in enumerate(pieces):
             if len(row) != 3:
                 raise ValueError(f"piece {i}: expected (piece, score, type), got {row!r}")
             piece, a, b = row
-            if isinstance(a, int) and not isinstance(a, bool) and (b is None or isinstance(b, float)):
+            if isinstance(a, int) and not isinstance(a, bool):
                 a, b = (0.0 if b is None else b), a  # tokens.json order: [piece, type, score]
             table.append((piece, float(a), int(b)))
         index = {p: i for i, (p, _, _) in enumerate(table)}

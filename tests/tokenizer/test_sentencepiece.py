@@ -186,6 +186,11 @@ def test_truncated_model_file_names_the_file(tmp_path):
         SentencePieceBPE.from_file(path)
 
 
+def test_text_file_is_named_as_not_a_model():
+    with pytest.raises(ValueError, match="tokenizer.model.*not a sentencepiece"):
+        SentencePieceBPE.from_file(require_shared("tokenizers", "llama3", "tokenizer.model"))  # tiktoken ranks
+
+
 def test_malformed_protobuf_errors():
     with pytest.raises(ValueError, match="truncated"):
         list(iter_fields(b"\x0a\x05ab", "x.model"))
