@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import gc
 import json
 import os
 import sys
@@ -36,18 +37,20 @@ MERGE_RANKS = ("index", "token_id")
 
 
 class _ChunkCache(dict):
-    """chunk text -> list of ids (never handed out: encode copies). A hit is one C-level dict lookup. A miss (`__missing__`) only records the chunk
-    and answers () for now: encode_ordinary then runs BPE on all missed chunks at once and looks them up again."""
+    """chunk text -> list of ids (never handed out: encode copies). A hit is one C-level dict lookup. A miss
+    (`__missing__`) stores an empty placeholder list, remembered in `pending`, and returns it; encode_ordinary
+    then merges all pending chunks at once and fills the placeholders in place, so every occurrence it already
+    collected sees the ids without a second lookup."""
 
     __slots__ = ("pending",)
 
     def __init__(self):
         super().__init__()
-        self.pending: set[str] = set()
+        self.pending: dict[str, list[int]] = {}
 
     def __missing__(self, chunk: str) -> list[int]:
-        self.pending.add(chunk)
-        return []
+        placeholder = self[chunk] = self.pending[chunk] = []
+        return placeholder
 
 
 class StreamDecoder:
@@ -266,8 +269,12 @@ class BPETokenizer:
 
         def rank_of(left: np.ndarray, right: np.ndarray) -> np.ndarray:
             keys = (left << shift) | right
+            order = np.argsort(keys)  # searching in sorted order touches memory in order: ~2x faster overall
+            keys = keys[order]
             at = np.minimum(np.searchsorted(sorted_keys, keys), last)
-            return np.where(sorted_keys[at] == keys, sorted_ranks[at], _NO_RANK_NP)
+            found = np.empty_like(keys)
+            found[order] = np.where(sorted_keys[at] == keys, sorted_ranks[at], _NO_RANK_NP)
+            return found
 
         results: list = [None] * len(datas)
         lengths = np.fromiter(map(len, datas), dtype=np.int64, count=len(datas))  # per chunk
@@ -310,25 +317,24 @@ class BPETokenizer:
     def _encode_chunks(self, chunks: Iterable[str]) -> dict[str, list[int]]:
         """chunk -> ids for many chunks: whole-token lookup, then the heap for long chunks, NumPy rounds for many
         short ones, the list scan for a few."""
+        chunks = list(chunks)
+        datas = [chunk.encode("utf-8") for chunk in chunks]
+        found = list(map(self._id_of_bytes.get, datas)) if self.ignore_merges else [None] * len(datas)
         encoded: dict[str, list[int]] = {}
-        short: list[tuple[str, bytes]] = []
-        id_of_bytes = self._id_of_bytes if self.ignore_merges else {}
-        for chunk in chunks:
-            data = chunk.encode("utf-8")
-            token_id = id_of_bytes.get(data)
+        short_chunks: list[str] = []
+        short_datas: list[bytes] = []
+        for chunk, data, token_id in zip(chunks, datas, found):
             if token_id is not None:
                 encoded[chunk] = [token_id]
-            elif len(data) > LONG_CHUNK_BYTES:
-                encoded[chunk] = self._bpe_heap(data)
-            elif len(data) < 2:
-                encoded[chunk] = [self._byte_ids[value] for value in data]
+            elif 2 <= len(data) <= LONG_CHUNK_BYTES:
+                short_chunks.append(chunk)
+                short_datas.append(data)
             else:
-                short.append((chunk, data))
-        if len(short) >= BATCH_MIN:
-            merged = self._bpe_batch([data for _, data in short])
+                encoded[chunk] = self._bpe(data)  # one byte, or long: the heap
+        if len(short_datas) >= BATCH_MIN:
+            encoded.update(zip(short_chunks, self._bpe_batch(short_datas)))
         else:
-            merged = [self._bpe_short(data) for _, data in short]
-        encoded.update(zip([chunk for chunk, _ in short], merged))
+            encoded.update(zip(short_chunks, map(self._bpe_short, short_datas)))
         return encoded
 
     def encode_chunk_bytes(self, data: bytes) -> list[int]:
@@ -340,13 +346,12 @@ class BPETokenizer:
     # ---------------------------------------------------------------- text -> ids
     def encode_ordinary(self, text: str) -> list[int]:
         """Ids of `text`, treating special-token text as ordinary text. The hot loop is C: one regex findall, one
-        cache lookup per chunk, one flatten. Chunks not in the cache are merged together, then looked up again."""
+        cache lookup per chunk, one flatten. Chunks not in the cache yet are merged all together (_encode_chunks)."""
         try:
             chunks = pretokenize(text, self._regex, self.max_run)
             return self._ids_of_chunks(chunks)
         except UnicodeEncodeError:
             # subtle: lone surrogates cannot be UTF-8 encoded; tiktoken replaces them with U+FFFD and goes on
-            self._cache.pending.clear()
             text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
             return self._ids_of_chunks(pretokenize(text, self._regex, self.max_run))
 
@@ -354,12 +359,25 @@ class BPETokenizer:
         cache = self._cache
         if len(cache) > CACHE_LIMIT:
             cache.clear()
-        ids = list(chain.from_iterable(map(cache.__getitem__, chunks)))
-        if cache.pending:
-            missed, cache.pending = cache.pending, set()
-            cache.update(self._encode_chunks(missed))
-            ids = list(chain.from_iterable(map(cache.__getitem__, chunks)))
-        return ids
+        # A cold cache allocates one small list per new chunk (100k+ on a 10 MB text) and no reference cycles; the
+        # cycle collector, triggered by those allocations, would walk them again and again (a third of the time).
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            parts = list(map(cache.__getitem__, chunks))
+            if cache.pending:
+                pending, cache.pending = cache.pending, {}
+                try:
+                    for chunk, ids in self._encode_chunks(pending).items():
+                        pending[chunk].extend(ids)  # the placeholder that `parts` already holds
+                except BaseException:  # e.g. a lone surrogate: leave no empty placeholder behind
+                    for chunk in pending:
+                        del cache[chunk]
+                    raise
+            return list(chain.from_iterable(parts))
+        finally:
+            if collecting:
+                gc.enable()
 
     def _special_regex(self, tokens: frozenset) -> regex.Pattern:
         if tokens not in self._special_regexes:
