@@ -317,12 +317,17 @@ class SentencePieceBPE:
         """Llama 2: "Hello world" -> "▁Hello▁world" (dummy prefix, spaces escaped); "" stays ""."""
         spec = self.normalizer
         if spec.remove_extra_whitespaces:
-            text = regex.sub(" {2,}", " ", text).strip(" ")
+            text = regex.sub(" {2,}", " ", text.lstrip(" "))  # leading spaces go, runs of spaces become one
         if not text:
             return ""  # sentencepiece adds no dummy prefix to empty (or all-space, when stripping) text
         if spec.add_dummy_prefix:
             text = " " + text
-        return text.replace(" ", SPACE) if spec.escape_whitespaces else text
+        space = SPACE if spec.escape_whitespaces else " "
+        text = text.replace(" ", space) if spec.escape_whitespaces else text
+        if spec.remove_extra_whitespaces:
+            # subtle: trailing spaces are stripped AFTER escaping, so a literal "▁" at the end goes too
+            text = text.rstrip(space)
+        return text
 
     def _initial_symbols(self, normalized: str) -> tuple[list[str], list[bool]]:
         """Characters, except that a user-defined piece is one frozen symbol (longest match wins)."""
@@ -482,7 +487,10 @@ class SentencePieceBPE:
         """Decoded surface per run: str for pieces, bytes for each run of byte pieces (decoded by the caller)."""
         out: list[str | bytes] = []
         strip_space = self.normalizer.add_dummy_prefix or self.normalizer.remove_extra_whitespaces
-        first = True  # the first piece with a surface loses the dummy-prefix "▁"; control pieces do not count
+        # The first piece loses one leading "▁" (the dummy prefix); control pieces do not count. With
+        # remove_extra_whitespaces, pieces keep losing one "▁" until one leaves some text (as sentencepiece).
+        first = True
+        keep_stripping = self.normalizer.remove_extra_whitespaces
         run = bytearray()
         for id in ids:
             self._check_id(id)
@@ -503,7 +511,7 @@ class SentencePieceBPE:
             piece = self.pieces[id][0]
             if first and strip_space and piece.startswith(SPACE):
                 piece = piece[1:]
-            first = False
+            first = keep_stripping and not piece
             out.append(piece.replace(SPACE, " "))
         if run:
             out.append(bytes(run))

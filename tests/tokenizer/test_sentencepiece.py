@@ -148,6 +148,53 @@ def test_long_text_fast_equals_reference():
     assert tok.encode(text) == tok.encode(text, reference=True) == llama2_reference().encode(text)
 
 
+# ---- other normalizer settings: the Llama 2 model with one NormalizerSpec field rewritten ------------------------
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, n = n & 0x7F, n >> 7
+        out.append(low | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field(number: int, wire: int, value) -> bytes:
+    key = _varint(number << 3 | wire)
+    return key + (_varint(len(value)) + value if wire == 2 else _varint(value) if wire == 0
+                  else value.to_bytes(4 if wire == 5 else 8, "little"))
+
+
+@pytest.fixture(scope="module", params=[(4, 1), (3, 0)], ids=["remove_extra_whitespaces", "no_dummy_prefix"])
+def rewritten(request, tmp_path_factory):
+    number, value = request.param
+    data = require_shared("tokenizers", "llama2", "tokenizer.model").read_bytes()
+    out = bytearray()
+    for n, wire, v in iter_fields(data):
+        if n == 3:  # NormalizerSpec: replace (or add) field `number`
+            spec = b"".join(_field(m, w, x) for m, w, x in iter_fields(v) if m != number)
+            v = spec + _field(number, 0, value)
+        out += _field(n, wire, v)
+    path = tmp_path_factory.mktemp("spm") / "rewritten.model"
+    path.write_bytes(bytes(out))
+    return SentencePieceBPE.from_file(path), sentencepiece.SentencePieceProcessor(model_file=str(path))
+
+
+@given(TEXT)
+def test_other_normalizer_settings_match_sentencepiece(rewritten, text):
+    ours, ref = rewritten
+    ids = ref.encode(text)
+    assert ours.encode(text) == ids
+    assert ours.decode(ids) == ref.decode(ids)
+
+
+@given(st.lists(st.one_of(st.integers(0, 31999), st.integers(0, 258), st.sampled_from([29871, 259, 1, 2, 0])),
+                max_size=10))
+def test_other_normalizer_settings_decode_like_sentencepiece(rewritten, ids):
+    ours, ref = rewritten
+    assert ours.decode(ids) == ref.decode(ids)
+
+
 # ---- small synthetic vocabularies: scores, ties, user-defined, unused, no byte fallback --------------------------
 
 def toy(extra: list[tuple[str, float, int]], **kwargs) -> SentencePieceBPE:
