@@ -119,3 +119,30 @@ def test_float16_model_runs_in_float16():
     out = llama.from_config(config, dtype="float16")(ids)
     assert out.dtype == np.float16
     np.testing.assert_allclose(out.astype(np.float32), llama.from_config(config)(ids), atol=2e-2)
+
+
+def test_wrong_variants_are_caught(hf_llama, monkeypatch):
+    """The comparison can fail: Meta's interleaved RoPE layout, or GQA heads paired in tile order (h % Hkv)
+    instead of transformers' repeat_kv order (h // G), each move the logits far beyond ATOL."""
+    hf, folder = hf_llama
+    model = scratch.models.load(folder)
+    ids = _ids(1, 24)
+    with torch.no_grad():
+        ref = hf(torch.tensor(ids)).logits.numpy()
+    assert np.max(np.abs(model(ids) - ref)) < ATOL
+
+    from scratch import nn
+    with monkeypatch.context() as m:
+        m.setattr(llama, "apply_rope", lambda x, cos, sin, layout: nn.apply_rope(x, cos, sin, "interleaved"))
+        assert np.max(np.abs(model(ids) - ref)) > 100 * ATOL
+
+    if not 1 < hf.config.num_key_value_heads < hf.config.num_attention_heads:
+        return  # one kv head (MQA) or one per query head (MHA): both orders pair heads the same way
+
+    def tiled_attention(q, k, v, mask=None):   # kv head j serves query heads j, j + Hkv, ... (the wrong order)
+        G = q.shape[1] // k.shape[1]
+        return nn.attention(q, np.tile(k, (1, G, 1, 1)), np.tile(v, (1, G, 1, 1)), mask=mask)
+
+    with monkeypatch.context() as m:
+        m.setattr(llama, "attention", tiled_attention)
+        assert np.max(np.abs(model(ids) - ref)) > 100 * ATOL
