@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 from heapq import heapify, heappop, heappush
 from itertools import chain
 from pathlib import Path
@@ -147,6 +148,7 @@ class BPETokenizer:
         self._decoder.update((token_id, text.encode("utf-8")) for text, token_id in self.special_tokens.items())
         self._special_regexes: dict[frozenset, regex.Pattern] = {}
         self._cache = _ChunkCache()
+        self._cache_lock = threading.Lock()  # the cache's pending placeholders belong to one call at a time
         self._arrays = None  # NumPy copies of the pair table, built on the first batch (see _bpe_batch)
         self.heap_steps = 0  # merge-heap pops so far (a work counter for the near-linear tests)
 
@@ -356,6 +358,10 @@ class BPETokenizer:
             return self._ids_of_chunks(pretokenize(text, self._regex, self.max_run))
 
     def _ids_of_chunks(self, chunks: list[str]) -> list[int]:
+        with self._cache_lock:
+            return self._ids_of_chunks_locked(chunks)
+
+    def _ids_of_chunks_locked(self, chunks: list[str]) -> list[int]:
         cache = self._cache
         if len(cache) > CACHE_LIMIT:
             cache.clear()

@@ -99,6 +99,17 @@ def test_token_id_ranking_ties_like_tiktoken(text):
     assert ours._bpe_short(data) == ours._bpe_heap(data) == ours._bpe_reference(data)
 
 
+def test_threads_share_one_tokenizer(cl100k):
+    """The chunk cache is filled under a lock: threads encoding new text at the same time get the right ids."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = [" ".join(f"w{thread}x{i}y{i * 31 % 97}" for i in range(400)) for thread in range(6)]
+    expected = [cl100k.encode(text) for text in texts]
+    fresh = BPETokenizer(cl100k.vocab, cl100k.merges, "gpt4", merge_rank="token_id")
+    with ThreadPoolExecutor(6) as pool:
+        assert list(pool.map(fresh.encode, texts)) == expected
+
+
 # ------------------------------------------------------------------------------------------------ round trips
 @given(st.text(max_size=300))
 def test_roundtrip_trained(small, text):
