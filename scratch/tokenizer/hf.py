@@ -2,8 +2,8 @@
 BPETokenizer, and write a `tokenizer.json` that the `tokenizers` library loads and encodes identically.
 
 Only byte-level BPE (GPT-2, RoBERTa, Llama 3, StarCoder, Falcon, MPT, DeepSeek...) is read: WordPiece, Unigram,
-SentencePiece-style Metaspace models and normalizers are rejected with a ValueError naming what was found
-(SentencePiece models are read by sentencepiece.py). The file format is the `tokenizers` library's JSON
+SentencePiece-style Metaspace models and normalizers other than Unicode NFC/NFD/NFKC/NFKD are rejected with a
+ValueError naming what was found (SentencePiece models are read by sentencepiece.py). The file format is the `tokenizers` library's JSON
 serialization; the per-model pre-tokenizers are the published regex lists (llama.cpp's `llama-vocab.cpp`
 `regex_exprs`, which transcribe each model's own tokenizer.json).
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import unicodedata
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
@@ -123,6 +124,7 @@ BYTE_LEVEL_SPLITS: dict[str, tuple[str, ...]] = {
     "falcon": (r"\p{N}+", r"[0-9][0-9][0-9]"),
 }
 
+UNICODE_FORMS = (None, "NFC", "NFD", "NFKC", "NFKD")  # the normalizers read (tokenizers' types of the same names)
 IGNORE_MERGES = {"llama-bpe": True, "llama3": True}  # HF's default is False; Llama 3's tokenizer.json sets True
 
 
@@ -138,7 +140,11 @@ class HFTokenizer(BPETokenizer):
 
     def __init__(self, vocab: dict[int, bytes], merges: list[tuple[int, int]], pattern="gpt2",
                  special_tokens: dict[str, int] | None = None, *, ignore_merges: bool = False,
-                 byte_level_pattern: tuple[str, ...] = (), special_flags: dict[str, bool] | None = None):
+                 byte_level_pattern: tuple[str, ...] = (), special_flags: dict[str, bool] | None = None,
+                 normalizer: str | None = None):
+        if normalizer not in UNICODE_FORMS:
+            raise ValueError(f"normalizer must be one of {UNICODE_FORMS}, got {normalizer!r}")
+        self.normalizer = normalizer  # a Unicode normal form applied to the text before anything else, or None
         vocab = dict(vocab)
         present = set(vocab.values())
         next_id = max([*vocab, *(special_tokens or {}).values(), -1]) + 1
@@ -164,6 +170,8 @@ class HFTokenizer(BPETokenizer):
         self.special_flags = dict(special_flags or {token: True for token in self.special_tokens})
 
     def encode_ordinary(self, text: str) -> list[int]:
+        if self.normalizer is not None:
+            text = unicodedata.normalize(self.normalizer, text)
         if not self._missing and not self.byte_level_pattern:
             return super().encode_ordinary(text)  # the common case: BPETokenizer's own fast path
         try:
@@ -203,6 +211,8 @@ class HFTokenizer(BPETokenizer):
                disallowed_special: Iterable[str] | str = ()) -> list[int]:
         """Ids of `text` with Hugging Face's default: every added token in the text is matched (pass
         allowed_special=() to treat their text as ordinary text, tiktoken-style rules otherwise apply)."""
+        if self.normalizer is not None:  # (tokenizers matches non-normalized added tokens before normalizing)
+            text = unicodedata.normalize(self.normalizer, text)
         return super().encode(text, allowed_special, disallowed_special)
 
 
@@ -301,7 +311,8 @@ def _added_by_reachability(vocab: dict[str, int], merges: list[tuple[str, str]])
 
 
 def _build(vocab: dict[str, int], merges: list[tuple[str, str]], added: dict[str, tuple[int, bool]],
-           pattern, byte_level_pattern, ignore_merges: bool, source: str) -> HFTokenizer:
+           pattern, byte_level_pattern, ignore_merges: bool, source: str, normalizer: str | None = None
+           ) -> HFTokenizer:
     ids: dict[int, bytes] = {}
     for token, token_id in vocab.items():
         if token in added:
@@ -320,7 +331,7 @@ def _build(vocab: dict[str, int], merges: list[tuple[str, str]], added: dict[str
     flags = {token: special for token, (_, special) in added.items()}
     try:
         return HFTokenizer(ids, pairs, pattern, specials, ignore_merges=ignore_merges,
-                           byte_level_pattern=byte_level_pattern, special_flags=flags)
+                           byte_level_pattern=byte_level_pattern, special_flags=flags, normalizer=normalizer)
     except ValueError as error:
         raise ValueError(f"{source}: {error}") from None
 
@@ -344,8 +355,12 @@ def _from_tokenizer_json(path: Path, pattern, ignore_merges: bool | None) -> HFT
     if decoder_kind != "ByteLevel":
         raise ValueError(f"{source}: decoder {decoder_kind!r} is not supported; byte-level BPE needs ByteLevel")
     normalizer = data.get("normalizer")
-    if normalizer and not (normalizer.get("type") == "Sequence" and not normalizer.get("normalizers")):
-        raise ValueError(f"{source}: normalizer {normalizer.get('type')!r} is not supported")
+    if isinstance(normalizer, dict) and normalizer.get("type") == "Sequence" and \
+            len(normalizer.get("normalizers") or []) <= 1:
+        normalizer = (normalizer.get("normalizers") or [None])[0]  # an empty or one-step Sequence
+    form = normalizer.get("type") if isinstance(normalizer, dict) else normalizer
+    if form not in UNICODE_FORMS:
+        raise ValueError(f"{source}: normalizer {form!r} is not supported (only NFC, NFD, NFKC, NFKD)")
     vocab = model.get("vocab")
     if not isinstance(vocab, dict):
         raise ValueError(f"{source}: model.vocab must be an object of token -> id")
@@ -373,7 +388,7 @@ def _from_tokenizer_json(path: Path, pattern, ignore_merges: bool | None) -> HFT
         before, after = (tuple(pattern) if isinstance(pattern, (tuple, list)) else (pattern,)), ()
     if ignore_merges is None:
         ignore_merges = bool(model.get("ignore_merges", False))
-    return _build(vocab, merges, added, _simplest(before), after, ignore_merges, source)
+    return _build(vocab, merges, added, _simplest(before), after, ignore_merges, source, form)
 
 
 def _simplest(regexes: tuple[str, ...]) -> str | tuple[str, ...]:
@@ -480,7 +495,7 @@ def to_hf_json(tokenizer: BPETokenizer) -> dict:
         "truncation": None,
         "padding": None,
         "added_tokens": added,
-        "normalizer": None,
+        "normalizer": {"type": form} if (form := getattr(tokenizer, "normalizer", None)) else None,
         "pre_tokenizer": {"type": "Sequence", "pretokenizers": steps},
         "post_processor": None,
         "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},

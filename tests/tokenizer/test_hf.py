@@ -164,6 +164,28 @@ def test_real_gpt2_pre_tokenizer_from_tokenizer_json(tmp_path):
     assert tok.encode(text) == gpt2().encode(text) == Tokenizer.from_file(str(path)).encode(text).ids
 
 
+@pytest.fixture(scope="module")
+def nfc_pair(tmp_path_factory):
+    """A GPT-NeoX-like file: NFC normalizer + GPT-2 pre-tokenizer; (ours read from it, tokenizers' view of it)."""
+    data = to_hf_json(trained("gpt2", False))
+    data["normalizer"] = {"type": "NFC"}
+    path = tmp_path_factory.mktemp("nfc") / "tokenizer.json"
+    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    return from_hf(path), Tokenizer.from_file(str(path))
+
+
+@given(text=st.lists(st.sampled_from(["e", "\u0301", "é", "e\u0301", "Å", "\u212b", "ﬁ", " ", "x", "한", "\u1100\u1161",
+                                      "<|endoftext|>"]), max_size=12).map("".join))
+def test_nfc_normalizer_agrees_with_tokenizers(nfc_pair, text):
+    ours, theirs = nfc_pair
+    assert ours.normalizer == "NFC"
+    assert ours.encode(text) == theirs.encode(text, add_special_tokens=False).ids
+
+
+def test_nfc_normalizer_written_back(nfc_pair):
+    assert to_hf_json(nfc_pair[0])["normalizer"] == {"type": "NFC"}
+
+
 def test_added_tokens_are_matched_hf_style():
     tok = gpt2()
     assert tok.encode("a<|endoftext|>b") == [64, 50256, 65]  # Hugging Face matches added tokens by default
@@ -189,7 +211,9 @@ def _variant(tmp_path, change) -> str:
     (lambda d: d.update(pre_tokenizer={"type": "Whitespace"}), "Whitespace"),
     (lambda d: d.update(pre_tokenizer={"type": "Split", "pattern": {"Regex": " "}, "behavior": "Removed",
                                        "invert": False}), "Removed"),
-    (lambda d: d.update(normalizer={"type": "NFKC"}), "NFKC"),
+    (lambda d: d.update(normalizer={"type": "Lowercase"}), "Lowercase"),
+    (lambda d: d.update(normalizer={"type": "Sequence", "normalizers": [{"type": "NFC"}, {"type": "Lowercase"}]}),
+     "Sequence"),
     (lambda d: d["model"].update(byte_fallback=True), "byte_fallback"),
     (lambda d: d["model"]["merges"].append(["Ġzzzz", "q"]), "merge"),
 ])
