@@ -451,6 +451,7 @@ def from_hf(path: str | os.PathLike, pattern: str | tuple[str, ...] | None = Non
     pre-tokenizer comes from meta.json's "tokenizer.ggml.pre" if present, else GPT-2's; added tokens from
     tokens.json types 3/4, meta.json, or, failing both, tokens no merge makes). pattern overrides the
     pre-tokenizer; ignore_merges overrides the whole-pre-token lookup (tokenizer.json says; else Llama 3 only).
+    Not applied: an added token's lstrip/rstrip/single_word flags (RoBERTa's "<mask>"), post-processors (BOS/EOS).
     """
     path = Path(path)
     if path.is_file():
