@@ -215,6 +215,15 @@ class HFTokenizer(BPETokenizer):
             text = unicodedata.normalize(self.normalizer, text)
         return super().encode(text, allowed_special, disallowed_special)
 
+    def save(self, path: str | os.PathLike) -> None:
+        """Write a Hugging Face tokenizer.json (atomically): BPETokenizer's own format cannot hold the rules above.
+        `from_hf`, `HFTokenizer.load` and `load_tokenizer` read it back."""
+        to_hf(self, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "HFTokenizer":
+        return from_hf(path)
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Reading

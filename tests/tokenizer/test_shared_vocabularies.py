@@ -181,3 +181,12 @@ def test_llama3_tokenizer_json_needs_ignore_merges(llama3_tokenizer_json):
     assert [theirs.encode(case["text"], add_special_tokens=False).ids for case in cases("llama3")] == expected
     plain = from_hf(llama3_tokenizer_json, ignore_merges=False)
     assert sum(plain.encode(case["text"]) != case["ids"] for case in cases("llama3")) == 1
+
+
+@pytest.mark.parametrize("name", ["falcon", "mpt"])
+def test_save_and_load_tokenizer_keep_the_hf_rules(name, tmp_path):
+    from scratch.tokenizer import load_tokenizer
+    load(name).save(tmp_path / "saved.json")  # a tokenizer.json: byte-level splits, added tokens, missing bytes
+    back = load_tokenizer(tmp_path / "saved.json")
+    assert isinstance(back, HFTokenizer) and back.byte_level_pattern == load(name).byte_level_pattern
+    assert [back.encode(case["text"]) for case in cases(name)] == [case["ids"] for case in cases(name)]
