@@ -517,6 +517,19 @@ class SentencePieceBPE:
             out.append(bytes(run))
         return out
 
+    def token_bytes(self, id: int) -> bytes:
+        """The bytes one token stands for, spaces shown as spaces ("▁Hello" -> b" Hello", <0xE2> -> b"\\xe2");
+        control pieces are b"" and <unk> its surface " ⁇ "."""
+        self._check_id(id)
+        kind = self.types[id]
+        if kind == BYTE and id in self._byte_of:
+            return bytes([self._byte_of[id]])
+        if kind == CONTROL:
+            return b""
+        if kind == UNKNOWN:
+            return self.trainer.unk_surface.encode("utf-8")
+        return self.pieces[id][0].replace(SPACE, " ").encode("utf-8")
+
     def decode(self, ids: Iterable[int]) -> str:
         """Text of `ids`: byte pieces are reassembled into UTF-8 (each invalid byte becomes U+FFFD, as in
         sentencepiece), "▁" becomes " ", the dummy-prefix space is dropped, control pieces vanish."""

@@ -94,6 +94,7 @@ def test_special_ids_and_pieces():
     assert tok.encode("<s>") != [1]  # control pieces typed as text are text, as in sentencepiece
     assert tok.decode([1, 15043, 2]) == "Hello"
     assert tok.decode_bytes([3 + 0xF0, 3 + 0x9F]) == b"\xf0\x9f"  # partial UTF-8 survives in bytes
+    assert tok.token_bytes(15043) == b" Hello" and tok.token_bytes(3 + 0xF0) == b"\xf0" and tok.token_bytes(1) == b""
 
 
 # ---- agreement with the sentencepiece package (hypothesis) ---------------------------------------------------
