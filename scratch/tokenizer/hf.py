@@ -494,6 +494,12 @@ def to_hf_json(tokenizer: BPETokenizer) -> dict:
     steps.append({"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False})
     steps.extend(_split_step(each) for each in getattr(tokenizer, "byte_level_pattern", ()))
     vocab = {bytes_to_token(data): token_id for token_id, data in sorted(tokenizer.vocab.items())}
+    # subtle: `tokenizers` keeps an added token's id only if the model vocabulary has its text under that id;
+    # otherwise it renumbers it after the vocabulary (StarCoder's "<|endoftext|>" 0 would become 49114).
+    for text, token_id in tokenizer.special_tokens.items():
+        if vocab.setdefault(text, token_id) != token_id:
+            raise ValueError(f"special token {text!r} (id {token_id}) reads as the vocabulary token id "
+                             f"{vocab[text]} in the byte-level alphabet; tokenizer.json cannot hold both")
     merges = [[bytes_to_token(tokenizer.vocab[left]), bytes_to_token(tokenizer.vocab[right])]
               for left, right in tokenizer.merges]
     flags = getattr(tokenizer, "special_flags", {})
