@@ -152,6 +152,16 @@ class BPETokenizer:
         self._arrays = None  # NumPy copies of the pair table, built on the first batch (see _bpe_batch)
         self.heap_steps = 0  # merge-heap pops so far (a work counter for the near-linear tests)
 
+    def __getstate__(self) -> dict:
+        """Pickling (e.g. to worker processes) leaves out the cache, its lock and the NumPy tables; they rebuild."""
+        state = self.__dict__.copy()
+        state.update(_cache=None, _cache_lock=None, _arrays=None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._cache, self._cache_lock = _ChunkCache(), threading.Lock()
+
     def _merge_problem(self, merge) -> str:
         if not isinstance(merge, (list, tuple)) or len(merge) != 2:
             return "a merge must be a pair (left_id, right_id)"

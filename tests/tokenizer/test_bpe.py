@@ -188,6 +188,14 @@ def test_decode_errors_strict(cl100k):
         cl100k.token_bytes(ids[0]))
 
 
+def test_pickle_roundtrip(small):
+    import pickle
+
+    small.encode("warm the cache")
+    again = pickle.loads(pickle.dumps(small))
+    assert again.encode(CORPUS[:300]) == small.encode(CORPUS[:300]) and again.merges == small.merges
+
+
 def test_helpers(cl100k):
     assert cl100k.id_of("hello") == cl100k.id_of(b"hello") == 15339
     assert cl100k.id_of("<|endoftext|>") == 100257

@@ -61,6 +61,14 @@ def llama3():
     return load_tokenizer(require_shared("tokenizers", "llama3", "tokenizer.model"))
 
 
+@pytest.fixture(scope="module")
+def llama3_reference(llama3):
+    path = require_shared("tokenizers", "llama3", "tokenizer.model")
+    return tiktoken.Encoding(name="llama3_test", pat_str=PATTERNS["llama3"],
+                             mergeable_ranks=tiktoken.load.load_tiktoken_bpe(str(path)),
+                             special_tokens=llama3.special_tokens)
+
+
 def corpus_slices() -> list[str]:
     text = require_shared("corpora", "corpus_mixed.txt").read_text(encoding="utf-8")
     # the corpus interleaves prose, Python and Korean in ~16 KiB blocks: take three spread-out slices
@@ -173,6 +181,16 @@ def test_shared_reference_strings(name, request):
     wrong = [(case["text"], case["ids"], tokenizer.encode_ordinary(case["text"])) for case in cases
              if tokenizer.encode_ordinary(case["text"]) != case["ids"]]
     assert not wrong, wrong[:3]
+
+
+@given(st.one_of(TEXT, SPACEY, DIGITS))
+def test_llama3_hypothesis_text(llama3, llama3_reference, text):
+    assert llama3.encode_ordinary(text) == llama3_reference.encode_ordinary(text)
+
+
+def test_llama3_samples_and_specials(llama3, llama3_reference):
+    text = "".join(SAMPLES) + "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nHi<|eot_id|>"
+    assert llama3.encode(text, allowed_special="all") == llama3_reference.encode(text, allowed_special="all")
 
 
 def test_llama3_vocabulary_and_special_tokens(llama3):
