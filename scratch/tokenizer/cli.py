@@ -78,6 +78,8 @@ def _cmd_view(args: argparse.Namespace) -> int:
     tokenizer = _load(args.tokenizer)
     if hasattr(tokenizer, "split_view"):
         pieces = tokenizer.split_view(args.text)
+    elif hasattr(tokenizer, "id_to_piece"):  # SentencePiece: its pieces, "▁" for a space
+        pieces = [(token_id, tokenizer.id_to_piece(token_id)) for token_id in tokenizer.encode(args.text)]
     else:
         pieces = [(token_id, tokenizer.decode([token_id])) for token_id in tokenizer.encode(args.text)]
     token_bytes = getattr(tokenizer, "token_bytes", None)

@@ -83,3 +83,11 @@ def test_train_vocab_too_small(corpus, tmp_path, capsys):
                  str(tmp_path / "t.json")]) == 2
     assert "vocab_size" in capsys.readouterr().err
     assert not (tmp_path / "t.json").exists()
+
+
+def test_view_sentencepiece_shows_pieces(capsys):
+    from tests.conftest import require_shared
+
+    path = require_shared("tokenizers", "llama2", "tokenizer.model")
+    assert main(["tokenizer", "view", "--tokenizer", str(path), "Hello world"]) == 0
+    assert capsys.readouterr().out.startswith("[15043 '▁Hello'] [3186 '▁world']")
