@@ -17,6 +17,7 @@ Run:  python bench/bench_models.py [--quick] [--backend numpy|cupy]
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import subprocess
@@ -153,13 +154,16 @@ def main(argv: list[str] | None = None) -> int:
                 times.append(time.perf_counter() - start)
             return times
 
+        # transformers 5 calls the cache argument (and output) `cache`; 4 called it `past_key_values`.
+        key = "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
+
         def decode_hf(steps):
             times = []
             with torch.no_grad():
                 out = hf(tids[:, :prompt_len], use_cache=True)
                 for t in range(prompt_len, prompt_len + steps):
                     start = time.perf_counter()
-                    out = hf(tids[:, t:t + 1], cache=out.cache, use_cache=True)   # transformers 5: `cache`
+                    out = hf(tids[:, t:t + 1], use_cache=True, **{key: getattr(out, key)})
                     times.append(time.perf_counter() - start)
             return times
 

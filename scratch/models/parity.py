@@ -161,7 +161,8 @@ def run_parity(backend_names: list[str] | None = None, model_folder=None, seed: 
 
 def format_table(rows: list[ParityRow], reference: str) -> str:
     """A fixed-width table: component, backend, max abs err, max rel err, tolerance, PASS/FAIL."""
-    head = f"{'component':<28} {'vs ' + reference:<10} {'max abs err':>12} {'max rel err':>12} {'tolerance':>10}  result"
+    head = (f"{'component':<28} {'vs ' + reference:<10} {'max abs err':>12} {'max rel err':>12} "
+            f"{'tolerance':>10}  result")
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r.component:<28} {r.backend:<10} {r.max_abs:>12.3e} {r.max_rel:>12.3e} {r.tolerance:>10.0e}  "

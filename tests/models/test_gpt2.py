@@ -4,6 +4,7 @@ decode step by step next to transformers' own cache. Also the parameter count an
 convention (dtype, shapes, input errors)."""
 from __future__ import annotations
 
+import inspect
 import numpy as np
 import pytest
 import torch
@@ -30,6 +31,14 @@ def hf_gpt2(tmp_path_factory):
     folder = tmp_path_factory.mktemp("gpt2")
     model.save_pretrained(folder)
     return model, folder
+
+
+def hf_step(hf, ids, past):
+    """One transformers forward with its cache: transformers 5 names the argument and the output `cache`, 4 named
+    them `past_key_values` (still accepted, deprecated, by 5)."""
+    key = "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
+    out = hf(ids, use_cache=True, **{key: past})
+    return out.logits.numpy(), getattr(out, key)
 
 
 def _ids(B=2, T=40, seed=0):
@@ -75,13 +84,12 @@ def test_cached_decode_matches_transformers_cache(hf_gpt2, backend):
     cache = model.new_cache(2, 32)
     ours = [backend.to_numpy(model(ids[:, :9], cache=cache))]
     with torch.no_grad():
-        out = hf(torch.tensor(ids[:, :9]), use_cache=True)
-        refs, past = [out.logits.numpy()], out.cache
+        logits, past = hf_step(hf, torch.tensor(ids[:, :9]), None)
+        refs = [logits]
         for t in range(9, 15):
             ours.append(backend.to_numpy(model(ids[:, t:t + 1], cache=cache)))
-            out = hf(torch.tensor(ids[:, t:t + 1]), cache=past, use_cache=True)  # transformers 5: `cache`
-            refs.append(out.logits.numpy())
-            past = out.cache
+            logits, past = hf_step(hf, torch.tensor(ids[:, t:t + 1]), past)
+            refs.append(logits)
     assert cache.length == 15
     for step, (a, b) in enumerate(zip(ours, refs)):
         np.testing.assert_allclose(a, b, atol=ATOL, rtol=0, err_msg=f"step {step}")

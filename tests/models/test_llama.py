@@ -5,6 +5,7 @@ biases. Sequences run past 10 tokens (RoPE angles wrap), left padding, and a cac
 own cache."""
 from __future__ import annotations
 
+import inspect
 import numpy as np
 import pytest
 import torch
@@ -39,6 +40,14 @@ def hf_llama(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(request.param)
     model.save_pretrained(folder)
     return model, folder
+
+
+def hf_step(hf, ids, past):
+    """One transformers forward with its cache: transformers 5 names the argument and the output `cache`, 4 named
+    them `past_key_values` (still accepted, deprecated, by 5)."""
+    key = "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
+    out = hf(ids, use_cache=True, **{key: past})
+    return out.logits.numpy(), getattr(out, key)
 
 
 def _ids(B=2, T=40, seed=0):
@@ -86,9 +95,8 @@ def test_cached_decode_matches_transformers_cache(hf_llama):
     with torch.no_grad():
         for start, end in chunks:
             ours = model(ids[:, start:end], cache=cache)
-            out = hf(torch.tensor(ids[:, start:end]), cache=past, use_cache=True)  # transformers 5: `cache`
-            past = out.cache
-            np.testing.assert_allclose(ours, out.logits.numpy(), atol=ATOL, rtol=0, err_msg=f"chunk {start}:{end}")
+            ref, past = hf_step(hf, torch.tensor(ids[:, start:end]), past)
+            np.testing.assert_allclose(ours, ref, atol=ATOL, rtol=0, err_msg=f"chunk {start}:{end}")
     assert cache.length == 20
 
 
