@@ -26,7 +26,7 @@ def _bundled(name: str) -> BPETokenizer:
 
 
 def _from_rank_file(path: Path) -> BPETokenizer:
-    from scratch.tokenizer.tiktoken_format import guess_vocabulary, read_ranks
+    from scratch.tokenizer.tiktoken_format import guess_vocabulary
 
     with open(path, "rb") as handle:
         n_ranks = sum(1 for line in handle if line.strip())

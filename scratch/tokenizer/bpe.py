@@ -26,7 +26,7 @@ from typing import Iterable
 import numpy as np
 import regex
 
-from scratch.tokenizer.pretokenize import MAX_RUN_CHARS, pretokenize, resolve_pattern
+from scratch.tokenizer.pretokenize import MAX_RUN_CHARS, apply_pattern, pretokenize, resolve_pattern
 
 NO_RANK = sys.maxsize  # "this pair never merges": larger than every rank, so min() never picks it over a real one
 LONG_CHUNK_BYTES = 128  # chunks longer than this use the heap merge (O(n log n)) instead of the list scan (O(n^2))
@@ -101,7 +101,7 @@ class BPETokenizer:
         self._regex = resolve_pattern(self.pattern)
         self.ignore_merges = bool(ignore_merges)
         self.merge_rank = merge_rank
-        self.max_run = MAX_RUN_CHARS
+        self._max_run = MAX_RUN_CHARS  # see the max_run property
 
         # bytes -> id (the lowest id if a vocabulary lists the same bytes twice)
         self._id_of_bytes: dict[bytes, int] = {}
@@ -360,18 +360,38 @@ class BPETokenizer:
         """Ids of `text`, treating special-token text as ordinary text. The hot loop is C: one regex findall, one
         cache lookup per chunk, one flatten. Chunks not in the cache yet are merged all together (_encode_chunks)."""
         try:
-            chunks = pretokenize(text, self._regex, self.max_run)
-            return self._ids_of_chunks(chunks)
+            return self._encode_text(text)
         except UnicodeEncodeError:
             # subtle: lone surrogates cannot be UTF-8 encoded; tiktoken replaces them with U+FFFD and goes on
-            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-            return self._ids_of_chunks(pretokenize(text, self._regex, self.max_run))
+            return self._encode_text(text.encode("utf-16", "surrogatepass").decode("utf-16", "replace"))
 
-    def _ids_of_chunks(self, chunks: list[str]) -> list[int]:
+    def _encode_text(self, text: str) -> list[int]:
+        # The chunks are pretokenize()'s, found faster: the cache never holds a chunk longer than max_run, so such
+        # a chunk is always a miss; only then is the text cut Meta-style and split again. No length scan of
+        # every chunk (as pretokenize does) on the way.
+        ids = self._ids_of_chunks(apply_pattern([text], self._regex), cut_if_long=True)
+        if ids is None:
+            ids = self._ids_of_chunks(pretokenize(text, self._regex, self.max_run), cut_if_long=False)
+        return ids
+
+    @property
+    def max_run(self) -> int:
+        """Longest chunk (in characters) kept whole; longer ones make encode cut the text Meta-style."""
+        return self._max_run
+
+    @max_run.setter
+    def max_run(self, value: int) -> None:
+        self._max_run = int(value)
+        if getattr(self, "_cache", None) is not None:
+            self._cache.clear()  # cached chunks obey the old limit
+
+    def _ids_of_chunks(self, chunks: list[str], cut_if_long: bool) -> list[int] | None:
         with self._cache_lock:
-            return self._ids_of_chunks_locked(chunks)
+            return self._ids_of_chunks_locked(chunks, cut_if_long)
 
-    def _ids_of_chunks_locked(self, chunks: list[str]) -> list[int]:
+    def _ids_of_chunks_locked(self, chunks: list[str], cut_if_long: bool) -> list[int] | None:
+        """The ids of the chunks, or None (with nothing left in the cache) if cut_if_long and a chunk is longer
+        than max_run."""
         cache = self._cache
         if len(cache) > CACHE_LIMIT:
             cache.clear()
@@ -384,11 +404,17 @@ class BPETokenizer:
             if cache.pending:
                 pending, cache.pending = cache.pending, {}
                 try:
+                    if max(map(len, pending)) > self._max_run:
+                        for chunk in pending:  # long chunks stay out of the cache (see _encode_text)
+                            if cut_if_long or len(chunk) > self._max_run:
+                                del cache[chunk]
+                        if cut_if_long:
+                            return None
                     for chunk, ids in self._encode_chunks(pending).items():
                         pending[chunk].extend(ids)  # the placeholder that `parts` already holds
                 except BaseException:  # e.g. a lone surrogate: leave no empty placeholder behind
                     for chunk in pending:
-                        del cache[chunk]
+                        cache.pop(chunk, None)
                     raise
             return list(chain.from_iterable(parts))
         finally:

@@ -104,7 +104,8 @@ def split_isolated(pieces: list[str], compiled: regex.Pattern) -> list[str]:
     return out
 
 
-def _split(pieces: list[str], pattern: str | tuple[str, ...]) -> list[str]:
+def apply_pattern(pieces: list[str], pattern: str | tuple[str, ...]) -> list[str]:
+    """The chunks of every piece under `pattern`, in order, with no long-run cutting (see pretokenize)."""
     if isinstance(pattern, (tuple, list)):
         for each in pattern:
             pieces = split_isolated(pieces, compile_pattern(each))
@@ -129,7 +130,7 @@ def pretokenize(text: str, pattern: str | tuple[str, ...] = "gpt4", max_run: int
     (`split_long_runs`) and split again. So ordinary text gets exactly tiktoken's chunks, without paying for a
     scan for long runs (that scan costs about half as much as the regex itself).
     """
-    chunks = _split([text], pattern)
+    chunks = apply_pattern([text], pattern)
     if len(text) > max_run and chunks and max(map(len, chunks)) > max_run:
-        chunks = _split(split_long_runs(text, max_run), pattern)
+        chunks = apply_pattern(split_long_runs(text, max_run), pattern)
     return chunks

@@ -3,7 +3,6 @@ streaming decoder, construction errors, save/load and its failure modes, load_to
 trainer, and near-linear work on pathological input (counted in merge steps, not seconds)."""
 from __future__ import annotations
 
-import base64
 import json
 
 import pytest
@@ -13,6 +12,7 @@ from hypothesis import strategies as st
 
 from scratch.tokenizer import BPETokenizer, StreamDecoder, load_tokenizer
 from scratch.tokenizer import bpe as bpe_module
+from scratch.tokenizer.pretokenize import pretokenize
 from scratch.tokenizer.tiktoken_format import CL100K_SPECIAL_TOKENS, bundled_file
 from tests.conftest import require_shared
 
@@ -387,6 +387,20 @@ def test_long_runs_stay_near_linear(cl100k, text, monkeypatch):
     assert len(chunk_bytes) <= 4, "the same 25,000-character piece must come from the cache"
     assert max(chunk_bytes, default=0) <= 3 * bpe_module.MAX_RUN_CHARS
     assert tokenizer.heap_steps <= 3 * sum(chunk_bytes)  # each merge pushes at most two entries
+
+
+def test_long_chunks_are_cut_exactly_as_pretokenize_cuts(small):
+    """encode notices an overlong chunk among its cache misses instead of scanning every chunk; the chunks it
+    encodes are still exactly pretokenize()'s, and no chunk longer than max_run is ever cached."""
+    tokenizer = BPETokenizer(small.vocab, small.merges, "gpt4")
+    tokenizer.max_run = 5
+    texts = ["abcdefghijkl xy", "a,a,a,a,a,a the cat", " " * 12 + "x", "the cat sat", " abcdef", "abcdefghijkl xy"]
+    for text in texts:
+        chunks = pretokenize(text, "gpt4", max_run=5)
+        assert tokenizer.encode_ordinary(text) == [t for c in chunks for t in tokenizer.encode_chunk_bytes(c.encode())]
+        assert max(map(len, tokenizer._cache)) <= 5
+    tokenizer.max_run = 1000  # a new limit empties the cache: cached chunks obeyed the old one
+    assert not tokenizer._cache and tokenizer.encode_ordinary("abcdefghijkl") == small.encode_ordinary("abcdefghijkl")
 
 
 def test_heap_steps_are_linear_in_chunk_length(cl100k):
