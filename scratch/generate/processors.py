@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
-import numpy as np
+import numpy as np  # host-side only: validating token ids and building constant bias tables, never on scores
 
 import backends
 
@@ -54,20 +54,33 @@ def cumulative_probs(probs):
     return xp.astype(total, probs.dtype)
 
 
-def _argsort_stable(xp, x, descending=False):
-    """Indices that sort each row; equal values keep their index order (a stable sort)."""
-    if descending:
-        # subtle: a stable sort of -x keeps ties in index order, which a reversed ascending sort would not.
-        x = -x
+def _argsort_stable(xp, x):
+    """Indices that sort each row ascending; equal values keep their index order (a stable sort)."""
     try:
         return xp.argsort(x, axis=-1, stable=True)
     except TypeError:  # a namespace without the `stable` keyword: its sort is documented stable
         return xp.argsort(x, axis=-1)
 
 
-def _inverse_permutation(xp, order):
-    """For a per-row permutation `order` (B, V), the permutation that undoes it: x[order][inverse] == x."""
-    return xp.argsort(order, axis=-1)
+def _first_places(xp, values, sorted_values, count):
+    """(B, V) bool: the entries that fill the first `count` (B, 1) places of each row's STABLE ascending order.
+
+    `sorted_values` is xp.sort(values). Everything below the value at place `count` is in; of the entries equal to
+    it, the lowest indices are in (that is where a stable sort puts them), as many as places remain. One running
+    count replaces an argsort and its inverse permutation -- a plain sort is ~10x faster than a stable argsort.
+    """
+    count = xp.clip(count, 0, values.shape[-1])                                   # (B, 1) int64
+    pivot = xp.take_along_axis(sorted_values, xp.maximum(count - 1, 0), axis=-1)  # (B, 1) the last value in
+    below, at = values < pivot, values == pivot                                   # (B, V)
+    quota = count - xp.sum(xp.astype(below, xp.int64), axis=-1, keepdims=True)   # places left for ties
+    tie_rank = _running_count(xp, at)                                             # 1, 2, ... along the ties
+    return (below | (at & (tie_rank <= quota))) & (count > 0)
+
+
+def _running_count(xp, mask):
+    ones = xp.astype(mask, xp.int64)
+    fn = getattr(xp, "cumulative_sum", None)
+    return fn(ones, axis=-1) if fn is not None else xp.cumsum(ones, axis=-1)
 
 
 def _kth_largest(xp, scores, k: int):
@@ -460,15 +473,14 @@ class TopP:
     def __call__(self, input_ids, scores):
         xp = _namespace(input_ids, scores)
         vocab_size = scores.shape[-1]
-        order = _argsort_stable(xp, scores)                                  # (B, V) ascending
-        sorted_scores = xp.take_along_axis(scores, order, axis=-1)
-        cumulative = cumulative_probs(softmax(sorted_scores))                     # (B, V), ends near 1
+        sorted_scores = xp.sort(scores, axis=-1)                              # (B, V) ascending
+        cumulative = cumulative_probs(softmax(sorted_scores))                 # (B, V), ends near 1
         # subtle: 1 - top_p is formed in float64 and rounded once to the scores' dtype, as torch does.
         threshold = xp.asarray(1.0 - self.top_p, dtype=scores.dtype)
-        remove_sorted = cumulative <= threshold
-        rank = xp.arange(vocab_size, dtype=xp.int64)[None, :]
-        remove_sorted = remove_sorted & (rank < vocab_size - self.min_tokens_to_keep)
-        remove = xp.take_along_axis(remove_sorted, _inverse_permutation(xp, order), axis=-1)
+        # The cumulative sum only grows, so the removed places are a prefix of the ascending order: count them.
+        removed = xp.sum(xp.astype(cumulative <= threshold, xp.int64), axis=-1, keepdims=True)   # (B, 1)
+        removed = xp.minimum(removed, xp.asarray(max(vocab_size - self.min_tokens_to_keep, 0), dtype=xp.int64))
+        remove = _first_places(xp, scores, sorted_scores, removed)
         return xp.where(remove, _neg_inf(xp, scores), scores)
 
 
@@ -491,8 +503,10 @@ class MinP:
         remove = probs < self.min_p * top
         keep = min(self.min_tokens_to_keep, scores.shape[-1])
         if keep > 1:  # with one token to keep, the top token already passes (min_p <= 1)
-            rank = _inverse_permutation(xp, _argsort_stable(xp, probs, descending=True))
-            remove = remove & (rank >= keep)
+            # The `keep` most probable tokens are the first places of the ascending order of -p.
+            top_places = _first_places(xp, -probs, xp.sort(-probs, axis=-1),
+                                       xp.full((probs.shape[0], 1), keep, dtype=xp.int64))
+            remove = remove & ~top_places
         return xp.where(remove, _neg_inf(xp, scores), scores)
 
 
@@ -501,7 +515,9 @@ class Typical:
 
     Rule: sort tokens by |-log p - H| ascending, and keep them until their cumulative probability reaches `mass`;
     the token that crosses it is kept, and so is every token tied with it on |-log p - H|. The first
-    min_tokens_to_keep tokens of that order always survive. Matches TypicalLogitsWarper (stable-sort ties, as TopP).
+    min_tokens_to_keep tokens of that order always survive. Matches TypicalLogitsWarper (stable-sort ties, as TopP),
+    except that two tokens whose |-log p - H| differ only by rounding error may be ordered differently: the last bit
+    of exp and log differs between torch and NumPy.
     """
 
     def __init__(self, mass: float, min_tokens_to_keep: int = 1):
@@ -517,15 +533,17 @@ class Typical:
         finite_logp = xp.where(xp.isinf(logp), xp.asarray(0.0, dtype=scores.dtype), logp)
         entropy = -xp.sum(finite_logp * p, axis=-1, keepdims=True)             # (B, 1)
         surprise_gap = xp.abs(-logp - entropy)                                 # (B, V)
-        order = _argsort_stable(xp, surprise_gap)
+        order = _argsort_stable(xp, surprise_gap)                               # (B, V) most typical first
         sorted_gap = xp.take_along_axis(surprise_gap, order, axis=-1)
         cumulative = cumulative_probs(softmax(xp.take_along_axis(scores, order, axis=-1)))
         last = xp.sum(xp.astype(cumulative < self.mass, xp.int64), axis=-1, keepdims=True)
-        last = xp.minimum(last, xp.asarray(vocab_size - 1, dtype=xp.int64))    # (B, 1)
-        remove_sorted = sorted_gap > xp.take_along_axis(sorted_gap, last, axis=-1)
-        rank = xp.arange(vocab_size, dtype=xp.int64)[None, :]
-        remove_sorted = remove_sorted & (rank >= self.min_tokens_to_keep)
-        remove = xp.take_along_axis(remove_sorted, _inverse_permutation(xp, order), axis=-1)
+        last = xp.minimum(last, xp.asarray(vocab_size - 1, dtype=xp.int64))    # (B, 1) the place that crosses
+        # Kept: every token whose gap is <= the crossing token's (ties with it included), and at least the first
+        # min_tokens_to_keep places -- together a prefix of the order, of this length:
+        kept = xp.sum(xp.astype(sorted_gap <= xp.take_along_axis(sorted_gap, last, axis=-1), xp.int64),
+                      axis=-1, keepdims=True)
+        kept = xp.maximum(kept, xp.asarray(min(self.min_tokens_to_keep, vocab_size), dtype=xp.int64))
+        remove = ~_first_places(xp, surprise_gap, sorted_gap, kept)
         return xp.where(remove, _neg_inf(xp, scores), scores)
 
 
