@@ -4,8 +4,9 @@ Randomness is an argument, never hidden state: `sample_from_probs(probs, uniform
 distribution at one uniform number per row (inverse-transform sampling), and the uniforms come from the host
 generator `backends.rng(seed)` (`draw_uniforms`), so NumPy, array-api-strict and CuPy pick the same tokens for the
 same seed -- barring a uniform that falls within rounding error of a CDF boundary (the cumulative sums are formed
-in float64 and rounded to float32 on every backend, so a GPU scan's different summation order almost never shows). This is not torch.multinomial: the same seed
-gives different tokens than transformers' sampling, by design. Greedy decoding is `greedy`, its own branch.
+in float64 and rounded to float32 on every backend, so a GPU scan's different summation order almost never shows).
+This is not torch.multinomial: the same seed gives different tokens than transformers' sampling, by design.
+Greedy decoding is `greedy`, its own branch.
 """
 from __future__ import annotations
 
