@@ -236,6 +236,13 @@ class GenerationConfig:
             return prompt_length + self.max_new_tokens
         return self.max_length if self.max_length is not None else 20
 
+    @classmethod
+    def from_dict(cls, values: dict) -> "GenerationConfig":
+        """A config from a mapping such as a Hugging Face `generation_config.json`: known names are read, null values
+        keep our default, and keys this class does not have (transformers_version, use_cache, ...) are ignored."""
+        known = set(cls.field_names())
+        return cls(**{k: v for k, v in values.items() if k in known and v is not None})
+
     def replace(self, **changes) -> "GenerationConfig":
         """A copy with some fields changed (and validated again)."""
         return replace(self, **changes)

@@ -123,3 +123,20 @@ def test_error_message_shows_the_value():
 def test_good_edge_values_are_accepted():
     GenerationConfig(top_p=1.0, min_p=0.0, temperature=0.0, top_k=0, early_stopping="never", num_beams=4,
                      num_return_sequences=4, length_penalty=-1.0, frequency_penalty=-2, presence_penalty=2)
+
+
+def test_from_a_hugging_face_generation_config():
+    hf = transformers.GenerationConfig(do_sample=True, temperature=0.6, top_p=0.9, eos_token_id=[128001, 128009],
+                                       bos_token_id=128000, max_length=4096)
+    config = GenerationConfig.from_dict(hf.to_dict())
+    assert config.is_sampling and config.temperature == 0.6 and config.top_p == 0.9 and config.top_k == 50
+    assert config.eos_token_ids == (128001, 128009) and config.bos_token_id == 128000
+    assert config.max_length == 4096 and config.mode == "sample"
+    with pytest.raises(ValueError, match="top_p"):
+        GenerationConfig.from_dict({"top_p": 2.0, "transformers_version": "5.0"})
+
+
+def test_beam_sampling_keeps_one_token_more_than_eos_ids():
+    from scratch.generate import build_processors
+    procs = build_processors(GenerationConfig(do_sample=True, num_beams=3, eos_token_id=[1, 2], top_p=0.5))
+    assert [(type(p).__name__, p.min_tokens_to_keep) for p in procs] == [("TopK", 3), ("TopP", 3)]
