@@ -174,17 +174,35 @@ class RepetitionPenalty:
 
     Rule: for a seen token, score / penalty if score >= 0, else score * penalty. Subtle: dividing a negative logit
     would *raise* it, so negatives are multiplied instead; a penalty > 1 always pushes a seen token down, < 1 pulls
-    it up. A token counts once however often it occurred. Matches RepetitionPenaltyLogitsProcessor.
+    it up. A token counts once however often it occurred. `prompt_ignore_length` (transformers' name) skips the
+    first positions: one int for every row, or one per row -- transformers' generate passes each row's number of
+    left-padding positions, so pad tokens are not penalised. Matches RepetitionPenaltyLogitsProcessor.
     """
 
-    def __init__(self, penalty: float):
+    def __init__(self, penalty: float, prompt_ignore_length: int | Sequence[int] | None = None):
         if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not penalty > 0 \
                 or not math.isfinite(penalty):
             raise ValueError(f"repetition_penalty must be a finite number > 0, got {penalty!r}")
         self.penalty = float(penalty)
+        if prompt_ignore_length is None or isinstance(prompt_ignore_length, (int, np.integer)):
+            self.prompt_ignore_length = None if prompt_ignore_length is None else \
+                _check_positive_int("prompt_ignore_length", prompt_ignore_length, allow_zero=True)
+        else:
+            self.prompt_ignore_length = tuple(_check_positive_int("prompt_ignore_length", n, allow_zero=True)
+                                              for n in prompt_ignore_length)
 
     def __call__(self, input_ids, scores):
         xp = _namespace(input_ids, scores)
+        if isinstance(self.prompt_ignore_length, int):
+            input_ids = input_ids[:, self.prompt_ignore_length:]
+        elif self.prompt_ignore_length is not None:
+            if len(self.prompt_ignore_length) != input_ids.shape[0]:
+                raise ValueError(f"prompt_ignore_length has {len(self.prompt_ignore_length)} rows, input_ids has "
+                                 f"{input_ids.shape[0]}")
+            skip = xp.asarray(list(self.prompt_ignore_length), dtype=xp.int64)[:, None]           # (B, 1)
+            position = xp.arange(input_ids.shape[1], dtype=xp.int64)[None, :]                      # (1, T)
+            input_ids = xp.where(position < skip, xp.asarray(-1, dtype=xp.int64),                  # -1: not counted
+                                 xp.astype(input_ids, xp.int64))
         seen = token_counts(input_ids, scores.shape[-1]) > 0                  # (B, V)
         penalised = xp.where(scores < 0, scores * self.penalty, scores / self.penalty)
         return xp.where(seen, penalised, scores)
@@ -601,13 +619,15 @@ def apply(processors, input_ids, scores):
     return scores
 
 
-def build_processors(config, prompt_length: int | None = None) -> list:
+def build_processors(config, prompt_length: int | None = None, padding_lengths: Sequence[int] | None = None) -> list:
     """The processors and warpers a GenerationConfig asks for, in transformers' `_get_logits_processor` order.
 
     Order: sequence bias, repetition penalty, (frequency/presence penalty -- not in transformers, placed next to
     its sibling), no-repeat n-gram, bad words, min length, min new tokens, suppress tokens, begin-suppress tokens;
     then, only when sampling: temperature, top-k, top-p, min-p, typical, epsilon, eta. `prompt_length` (T of the
     prompt) is needed by min_new_tokens, begin_suppress_tokens and the frequency/presence penalties.
+    `padding_lengths` (one per row: the number of left-padding positions) keeps pads out of the repetition
+    penalty, as transformers' generate does when it is given an attention mask.
     Greedy decoding (do_sample=False, or temperature 0) gets no warpers, as in transformers.
     """
     def need_prompt(name):
@@ -620,7 +640,7 @@ def build_processors(config, prompt_length: int | None = None) -> list:
     if config.sequence_bias is not None:
         processors.append(SequenceBias(dict(config.sequence_bias)))
     if config.repetition_penalty != 1.0:
-        processors.append(RepetitionPenalty(config.repetition_penalty))
+        processors.append(RepetitionPenalty(config.repetition_penalty, prompt_ignore_length=padding_lengths))
     if config.frequency_penalty != 0.0 or config.presence_penalty != 0.0:
         processors.append(FrequencyPresencePenalty(config.frequency_penalty, config.presence_penalty,
                                                    need_prompt("frequency_penalty/presence_penalty")))

@@ -249,6 +249,20 @@ def test_repetition_penalty(backend, case, penalty):
     compare(backend, RepetitionPenalty(penalty), lp.RepetitionPenaltyLogitsProcessor(penalty), scores, ids)
 
 
+@FIXTURE_OK
+@given(case=logits_and_ids(out_of_vocab=True), penalty=st.sampled_from([0.5, 1.3]), data=st.data())
+def test_repetition_penalty_ignoring_a_prefix(backend, case, penalty, data):
+    """transformers' generate passes each row's left-padding length, so pad tokens are not penalised."""
+    scores, ids = case
+    batch, length = ids.shape
+    per_row = data.draw(st.lists(st.integers(0, length), min_size=batch, max_size=batch))
+    compare(backend, RepetitionPenalty(penalty, prompt_ignore_length=per_row),
+            lp.RepetitionPenaltyLogitsProcessor(penalty, prompt_ignore_length=torch.tensor(per_row)), scores, ids)
+    same = data.draw(st.integers(0, length))
+    compare(backend, RepetitionPenalty(penalty, prompt_ignore_length=same),
+            lp.RepetitionPenaltyLogitsProcessor(penalty, prompt_ignore_length=same), scores, ids)
+
+
 def test_repetition_penalty_direction(backend):
     scores = np.array([[2.0, -2.0, 2.0, -2.0]], np.float32)
     ids = np.array([[0, 1, 1]], np.int64)
