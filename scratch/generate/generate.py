@@ -18,11 +18,12 @@ import numpy as np  # host side only: prompt preparation, the token ids copied b
 
 import backends
 from scratch.generate.config import GenerationConfig
-from scratch.generate.processors import apply, build_processors
-from scratch.generate.sampling import draw_uniforms, greedy, sample
+from scratch.generate.processors import RepetitionPenalty, apply, build_processors
+from scratch.generate.sampling import greedy, sample
 from scratch.generate.stopping import StopStrings
 
-__all__ = ["GenerateOutput", "Prompt", "generate", "prepare_prompt", "make_config", "decode_steps"]
+__all__ = ["GenerateOutput", "Prompt", "generate", "prepare_prompt", "make_config", "decode_steps", "processors_for",
+           "IgnoreLeftPadding"]
 
 
 @dataclass(frozen=True)
@@ -238,6 +239,34 @@ def _check_lengths(model, prompt: Prompt, config: GenerationConfig) -> int:
 # Greedy and sampling: the loop
 # ---------------------------------------------------------------------------------------------------------------
 
+class IgnoreLeftPadding:
+    """Run a processor on ids whose left padding is replaced by -1 (an id no processor counts).
+
+    subtle: transformers (5.x) builds its repetition penalty with prompt_ignore_length = each row's padding, so
+    the pad id is not "seen" in a padded row; only that processor gets this treatment there.
+    """
+
+    def __init__(self, processor, is_padding):
+        self.processor = processor
+        self.is_padding = is_padding            # (B, T_prompt) bool on the backend
+
+    def __call__(self, input_ids, scores):
+        xp = backends.namespace_of(input_ids, scores)
+        T = self.is_padding.shape[1]
+        prompt = xp.where(self.is_padding, xp.asarray(-1, dtype=input_ids.dtype), input_ids[:, :T])
+        return self.processor(xp.concat([prompt, input_ids[:, T:]], axis=1), scores)
+
+
+def processors_for(config: GenerationConfig, prompt: Prompt, backend) -> list:
+    """build_processors(config, T), with the repetition penalty blind to left padding, as in transformers."""
+    processors = build_processors(config, prompt_length=prompt.length)
+    if prompt.has_padding:
+        is_padding = backend.asarray(prompt.attention_mask == 0)
+        processors = [IgnoreLeftPadding(p, is_padding) if isinstance(p, RepetitionPenalty) else p
+                      for p in processors]
+    return processors
+
+
 def decode_steps(model, prompt: Prompt, config: GenerationConfig, rng: np.random.Generator | None = None,
                  decode: Callable[[list[int]], str] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Greedy or sampling, one step at a time: yields (tokens (B,) host int64, finished (B,) host bool) per step.
@@ -253,9 +282,14 @@ def decode_steps(model, prompt: Prompt, config: GenerationConfig, rng: np.random
     B, T = prompt.batch_size, prompt.length
     pad = prompt.pad_token_id
     sampling = config.is_sampling
-    if sampling and rng is None:
-        rng = backends.rng(config.seed)
-    processors = build_processors(config, prompt_length=T)
+    uniforms = None
+    if sampling:
+        rng = backends.rng(config.seed) if rng is None else rng
+        # One uniform per row per step, drawn up front as a (B, max_new) table: row b's draws are the b-th run of
+        # max_new numbers, so row 0 of a batch samples from the same draws as that prompt alone, whatever the
+        # batch size, and no step pays a host-to-device transfer.
+        uniforms = backend.random_uniform(rng, (B, max_new), dtype="float32")
+    processors = processors_for(config, prompt, backend)
     eos = np.asarray(config.eos_token_ids, dtype=np.int64)
     stops = None
     if config.stop_strings is not None:
@@ -286,7 +320,7 @@ def decode_steps(model, prompt: Prompt, config: GenerationConfig, rng: np.random
         if processors:
             scores = apply(processors, dev_ids[:, :cur], scores)
         if sampling:
-            tokens = sample(scores, draw_uniforms(rng, B, backend))
+            tokens = sample(scores, uniforms[:, step])
         else:
             tokens = greedy(scores)                                # (B,) int64 on the backend
         host = backend.to_numpy(tokens).astype(np.int64, copy=False)   # the one device-to-host copy per step
