@@ -99,8 +99,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and shorter contexts (a smoke run)")
     parser.add_argument("--backend", default="numpy", help="our backend (numpy, or cupy on a GPU)")
+    parser.add_argument("--blas-threads", type=int, default=None, metavar="N",
+                        help="threads of NumPy's BLAS (default: its own default, one per core). Set before NumPy "
+                             "is imported; with other processes on the cores, 1 can beat 2 (OpenBLAS threads wait "
+                             "for each other at every call)")
     parser.add_argument("--rss-child", nargs=2, metavar=("FOLDER", "STEPS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.blas_threads is not None:   # must happen before the first `import numpy` (child processes inherit it)
+        for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[name] = str(args.blas_threads)
     if args.rss_child:
         _rss_child(args.rss_child[0], int(args.rss_child[1]), args.backend)
         return 0
@@ -117,8 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     contexts = (64, 128) if args.quick else (64, 128, 256, 512, 1024)
     rss_steps = 128 if args.quick else 1024
 
-    print(f"GPT-2 124M, float32, {THREADS} threads (torch {torch.__version__}, transformers "
-          f"{transformers.__version__}, numpy {np.__version__}); ours on {args.backend}")
+    blas = args.blas_threads if args.blas_threads is not None else f"default ({os.cpu_count()} cores)"
+    print(f"GPT-2 124M, float32; PyTorch {THREADS} threads, NumPy BLAS threads {blas} (torch {torch.__version__}, "
+          f"transformers {transformers.__version__}, numpy {np.__version__}); ours on {args.backend}; "
+          f"load average {os.getloadavg()[0]:.1f} (other processes share the cores: figures are noisy)")
     torch.manual_seed(0)
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config()).eval()
     with tempfile.TemporaryDirectory() as folder:
