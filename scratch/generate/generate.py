@@ -18,12 +18,12 @@ import numpy as np  # host side only: prompt preparation, the token ids copied b
 
 import backends
 from scratch.generate.config import GenerationConfig
-from scratch.generate.processors import RepetitionPenalty, apply, build_processors
+from scratch.generate.processors import apply, build_processors
 from scratch.generate.sampling import greedy, sample
 from scratch.generate.stopping import StopStrings
 
-__all__ = ["GenerateOutput", "Prompt", "generate", "prepare_prompt", "make_config", "decode_steps", "processors_for",
-           "IgnoreLeftPadding"]
+__all__ = ["GenerateOutput", "Prompt", "generate", "prepare_prompt", "make_config", "decode_steps",
+           "processors_for"]
 
 
 @dataclass(frozen=True)
@@ -239,32 +239,10 @@ def _check_lengths(model, prompt: Prompt, config: GenerationConfig) -> int:
 # Greedy and sampling: the loop
 # ---------------------------------------------------------------------------------------------------------------
 
-class IgnoreLeftPadding:
-    """Run a processor on ids whose left padding is replaced by -1 (an id no processor counts).
-
-    subtle: transformers (5.x) builds its repetition penalty with prompt_ignore_length = each row's padding, so
-    the pad id is not "seen" in a padded row; only that processor gets this treatment there.
-    """
-
-    def __init__(self, processor, is_padding):
-        self.processor = processor
-        self.is_padding = is_padding            # (B, T_prompt) bool on the backend
-
-    def __call__(self, input_ids, scores):
-        xp = backends.namespace_of(input_ids, scores)
-        T = self.is_padding.shape[1]
-        prompt = xp.where(self.is_padding, xp.asarray(-1, dtype=input_ids.dtype), input_ids[:, :T])
-        return self.processor(xp.concat([prompt, input_ids[:, T:]], axis=1), scores)
-
-
-def processors_for(config: GenerationConfig, prompt: Prompt, backend) -> list:
-    """build_processors(config, T), with the repetition penalty blind to left padding, as in transformers."""
-    processors = build_processors(config, prompt_length=prompt.length)
-    if prompt.has_padding:
-        is_padding = backend.asarray(prompt.attention_mask == 0)
-        processors = [IgnoreLeftPadding(p, is_padding) if isinstance(p, RepetitionPenalty) else p
-                      for p in processors]
-    return processors
+def processors_for(config: GenerationConfig, prompt: Prompt) -> list:
+    """build_processors(config, T); the repetition penalty skips each row's left padding, as transformers' does."""
+    padding = (prompt.length - prompt.lengths).tolist() if prompt.has_padding else None
+    return build_processors(config, prompt_length=prompt.length, padding_lengths=padding)
 
 
 def decode_steps(model, prompt: Prompt, config: GenerationConfig, rng: np.random.Generator | None = None,
@@ -289,7 +267,7 @@ def decode_steps(model, prompt: Prompt, config: GenerationConfig, rng: np.random
         # max_new numbers, so row 0 of a batch samples from the same draws as that prompt alone, whatever the
         # batch size, and no step pays a host-to-device transfer.
         uniforms = backend.random_uniform(rng, (B, max_new), dtype="float32")
-    processors = processors_for(config, prompt, backend)
+    processors = processors_for(config, prompt)
     eos = np.asarray(config.eos_token_ids, dtype=np.int64)
     stops = None
     if config.stop_strings is not None:
