@@ -3,7 +3,8 @@
 `GenerationConfig` names every knob (transformers' names); `build_processors(config)` turns it into the list of
 (input_ids (B, T), scores (B, V)) -> scores functions transformers would apply, in the same order; `apply` runs
 them; `greedy` and `sample` pick the next token (the uniform draw is passed in); `build_stopping` says which rows
-are done. The generation loop itself lives with the models, which own the KV cache. See docs/decoding.md.
+are done. `generate` runs the loop (greedy, sampling, and the beam/contrastive/speculative strategies);
+`stream_generate` yields text pieces as they are produced. See docs/decoding.md.
 """
 from scratch.generate.config import GenerationConfig
 from scratch.generate.processors import (
@@ -37,8 +38,13 @@ from scratch.generate.sampling import (
     sample_from_probs,
     sample_multinomial_reference,
 )
+# The loop comes last: it imports the pieces above. (Subtle: `generate` the function shadows the submodule
+# scratch.generate.generate as an attribute of this package; import the module by its full name if needed.)
+from scratch.generate.generate import GenerateOutput, Prompt, generate  # noqa: E402
+from scratch.generate.stream import StreamEvent, stream_generate  # noqa: E402
 
 __all__ = [
+    "generate", "GenerateOutput", "Prompt", "stream_generate", "StreamEvent",
     "GenerationConfig", "build_processors", "apply", "softmax", "log_softmax", "token_counts",
     "RepetitionPenalty", "FrequencyPresencePenalty", "NoRepeatNGram", "MinLength", "MinNewTokens",
     "SuppressTokens", "SuppressTokensAtBegin", "SequenceBias", "NoBadWords",
