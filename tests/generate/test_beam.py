@@ -1,0 +1,253 @@
+"""Beam search against transformers 5 on tiny random GPT-2 and Llama models (saved with save_pretrained, loaded with
+scratch's loader): identical sequences and sequences_scores for num_beams, length_penalty, early_stopping and
+num_return_sequences settings, on a left-padded batch of two prompts, with EOS ids the models actually produce (so
+hypotheses end early). Beam sampling and group beam search (not in transformers 5's core) are tested on their
+properties; the fast top-k against its sort oracle; bad settings against their error messages."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import backends
+import scratch.models
+from scratch.generate import beam
+from scratch.generate.generate import generate
+
+SCORE_ATOL = 1e-4   # float32 log-prob sums over <= 10 steps; observed ~1e-6
+PROMPTS = np.array([[5, 6, 7, 8, 9], [1, 1, 11, 12, 13]], dtype=np.int64)   # row 1 left-padded with pad id 1
+MASK = np.array([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]], dtype=np.int64)
+PAD = 1
+MAX_NEW = 10
+
+
+def _save(hf, tmp_path_factory, name):
+    folder = tmp_path_factory.mktemp(name)
+    hf.save_pretrained(folder)
+    return folder
+
+
+def _frequent_tokens(hf, count):
+    """Tokens that greedy decoding produces most often: as EOS ids they end some beams early."""
+    with torch.no_grad():
+        out = hf.generate(torch.tensor(PROMPTS), attention_mask=torch.tensor(MASK), do_sample=False,
+                          max_new_tokens=MAX_NEW, pad_token_id=PAD, eos_token_id=None)
+    generated = out.numpy()[:, PROMPTS.shape[1]:].ravel()
+    values, counts = np.unique(generated[generated != PAD], return_counts=True)
+    return [int(v) for v in values[np.argsort(-counts, kind="stable")][:count]]
+
+
+@pytest.fixture(scope="module")
+def gpt2(tmp_path_factory):
+    torch.manual_seed(0)
+    # initializer_range 0.2: peaked enough distributions that beams diverge and EOS wins sometimes.
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=97, n_positions=64, n_embd=32, n_layer=2, n_head=4, initializer_range=0.2,
+        bos_token_id=0, eos_token_id=0)).eval()
+    return hf, _save(hf, tmp_path_factory, "gpt2"), _frequent_tokens(hf, 3)
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    torch.manual_seed(1)
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=113, hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.2, bos_token_id=0,
+        eos_token_id=0, pad_token_id=None)).eval()
+    return hf, _save(hf, tmp_path_factory, "llama"), _frequent_tokens(hf, 3)
+
+
+def _compare(hf, model, eos, **kw):
+    kw = dict(do_sample=False, max_new_tokens=MAX_NEW, pad_token_id=PAD, eos_token_id=eos, **kw)
+    with torch.no_grad():
+        ref = hf.generate(torch.tensor(PROMPTS), attention_mask=torch.tensor(MASK), output_scores=True,
+                          return_dict_in_generate=True, **kw)
+    out = generate(model, PROMPTS, attention_mask=MASK, **kw)
+    ref_seqs = ref.sequences.numpy()
+    assert out.sequences.dtype == np.int64 and out.sequences_scores.dtype == np.float32
+    assert out.sequences.shape == ref_seqs.shape, (out.sequences, ref_seqs)
+    np.testing.assert_array_equal(out.sequences, ref_seqs)
+    np.testing.assert_allclose(out.sequences_scores, ref.sequences_scores.numpy(), atol=SCORE_ATOL, rtol=0)
+    return ref_seqs
+
+
+# (num_beams, length_penalty, early_stopping, num_return_sequences, which frequent token is EOS, or None)
+GPT2_CASES = [
+    (2, 1.0, False, 1, 0), (2, 0.0, True, 2, 1), (2, 2.0, "never", 2, 2), (2, -1.0, False, 1, 1),
+    (3, 1.0, True, 3, 0), (3, 0.0, "never", 1, 1), (3, 2.0, False, 2, 0), (3, -1.0, "never", 3, 2),
+    (4, 1.0, "never", 4, 1), (4, 0.0, False, 2, 0), (4, 2.0, True, 1, 1), (4, -1.0, True, 4, 0),
+    (4, 1.0, False, 4, None), (3, 2.0, "never", 1, None),
+]
+
+
+@pytest.mark.parametrize("num_beams, length_penalty, early_stopping, nrs, eos", GPT2_CASES)
+def test_beam_search_equals_transformers_gpt2(gpt2, num_beams, length_penalty, early_stopping, nrs, eos):
+    hf, folder, frequent = gpt2
+    model = scratch.models.load(folder, backend="numpy")
+    eos_id = None if eos is None else frequent[eos]
+    seqs = _compare(hf, model, eos_id, num_beams=num_beams, length_penalty=length_penalty,
+                    early_stopping=early_stopping, num_return_sequences=nrs)
+    if eos_id is not None and nrs == num_beams and length_penalty <= 1.0:
+        # All hypotheses returned, no strong push to long ones: some must have ended with EOS.
+        assert (seqs[:, PROMPTS.shape[1]:] == eos_id).any()
+
+
+def test_beam_search_two_eos_ids_gpt2(gpt2):
+    """Two EOS ids: K = 3 * num_beams candidates per step."""
+    hf, folder, frequent = gpt2
+    model = scratch.models.load(folder, backend="numpy")
+    _compare(hf, model, frequent[:2], num_beams=3, length_penalty=1.0, early_stopping=False, num_return_sequences=3)
+
+
+LLAMA_CASES = [(2, 1.0, False, 2, 1), (3, 0.0, True, 1, 1), (4, 2.0, "never", 4, 1), (4, -1.0, False, 2, 1),
+               (4, 0.0, "never", 4, 1)]
+
+
+@pytest.mark.parametrize("num_beams, length_penalty, early_stopping, nrs, eos", LLAMA_CASES)
+def test_beam_search_equals_transformers_llama(llama, num_beams, length_penalty, early_stopping, nrs, eos):
+    hf, folder, frequent = llama
+    model = scratch.models.load(folder, backend="numpy")
+    seqs = _compare(hf, model, frequent[eos], num_beams=num_beams, length_penalty=length_penalty,
+                    early_stopping=early_stopping, num_return_sequences=nrs)
+    if nrs == num_beams and length_penalty <= 1.0:
+        assert (seqs[:, PROMPTS.shape[1]:] == frequent[eos]).any()
+
+
+def test_beam_search_same_on_every_backend(gpt2, backend):
+    hf, folder, frequent = gpt2
+    model = scratch.models.load(folder, backend=backend)
+    reference = scratch.models.load(folder, backend="numpy")
+    kw = dict(num_beams=3, num_return_sequences=3, max_new_tokens=8, eos_token_id=frequent[0], pad_token_id=PAD)
+    out = generate(model, PROMPTS, attention_mask=MASK, **kw)
+    ref = generate(reference, PROMPTS, attention_mask=MASK, **kw)
+    np.testing.assert_array_equal(out.sequences, ref.sequences)
+    np.testing.assert_allclose(out.sequences_scores, ref.sequences_scores, atol=1e-5, rtol=0)
+
+
+def test_one_cache_reorder_per_step_at_most(gpt2, monkeypatch):
+    """The B * num_beams rows share one cache: one gather per step (the first also expands B -> B * num_beams),
+    none when every beam continues its own row."""
+    _, folder, _ = gpt2
+    model = scratch.models.load(folder, backend="numpy")
+    calls = {"reorder": 0, "forward": 0}
+    cache_type = type(model.new_cache(1, 4))
+    original_reorder = cache_type.reorder
+
+    def counting_reorder(self, indices):
+        calls["reorder"] += 1
+        return original_reorder(self, indices)
+
+    monkeypatch.setattr(cache_type, "reorder", counting_reorder)
+    model_call = type(model).__call__
+
+    def counting_call(self, *args, **kwargs):
+        calls["forward"] += 1
+        return model_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "__call__", counting_call)
+    out = generate(model, PROMPTS, attention_mask=MASK, num_beams=4, max_new_tokens=MAX_NEW, pad_token_id=PAD)
+    assert out.sequences.shape == (2, PROMPTS.shape[1] + MAX_NEW)
+    assert calls["forward"] == MAX_NEW                # prefill + one call per further step, all beams together
+    assert 1 <= calls["reorder"] <= calls["forward"] - 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Beam sampling and group beam search: properties
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_beam_sample_same_seed_same_tokens_on_every_backend(gpt2, backend):
+    _, folder, frequent = gpt2
+    kw = dict(do_sample=True, num_beams=3, num_return_sequences=2, max_new_tokens=8, top_k=0,
+              eos_token_id=frequent[0], pad_token_id=PAD)
+    out = generate(scratch.models.load(folder, backend=backend), PROMPTS, attention_mask=MASK, seed=7, **kw)
+    ref = generate(scratch.models.load(folder, backend="numpy"), PROMPTS, attention_mask=MASK, seed=7, **kw)
+    np.testing.assert_array_equal(out.sequences, ref.sequences)
+    others = {generate(scratch.models.load(folder, backend="numpy"), PROMPTS, attention_mask=MASK, seed=s,
+                       **kw).sequences.tobytes() for s in range(4)}
+    assert len(others) > 1   # the seed matters
+
+
+def test_beam_sample_at_tiny_temperature_is_beam_search(gpt2):
+    """Temperature divides every log-prob by t, which keeps every ranking beam search uses; as t -> 0 sampling
+    K without replacement returns the K best in order. So the sequences equal beam search's and the scores are
+    beam search's divided by t."""
+    _, folder, frequent = gpt2
+    model = scratch.models.load(folder, backend="numpy")
+    t = 1e-4
+    kw = dict(num_beams=3, num_return_sequences=3, max_new_tokens=MAX_NEW, eos_token_id=frequent[1],
+              pad_token_id=PAD, length_penalty=1.0)
+    searched = generate(model, PROMPTS, attention_mask=MASK, **kw)
+    sampled = generate(model, PROMPTS, attention_mask=MASK, do_sample=True, temperature=t, top_k=0, seed=3, **kw)
+    np.testing.assert_array_equal(sampled.sequences, searched.sequences)
+    np.testing.assert_allclose(sampled.sequences_scores * t, searched.sequences_scores, rtol=1e-3)
+
+
+def test_group_beam_search_without_diversity_is_beam_search_per_group(gpt2):
+    """diversity_penalty 0: every group is the same beam search of num_beams / num_beam_groups beams. Without EOS
+    every hypothesis runs to max_new_tokens, where transformers 4's and 5's bookkeeping agree."""
+    _, folder, _ = gpt2
+    model = scratch.models.load(folder, backend="numpy")
+    kw = dict(max_new_tokens=8, pad_token_id=PAD)
+    grouped = generate(model, PROMPTS, attention_mask=MASK, num_beams=4, num_beam_groups=2,
+                       num_return_sequences=4, **kw)
+    plain = generate(model, PROMPTS, attention_mask=MASK, num_beams=2, num_return_sequences=2, **kw)
+    # Each prompt's pool holds each of plain's two hypotheses twice (once per group), best first.
+    np.testing.assert_array_equal(grouped.sequences.reshape(2, 4, -1)[:, ::2], plain.sequences.reshape(2, 2, -1))
+    np.testing.assert_array_equal(grouped.sequences.reshape(2, 4, -1)[:, 1::2], plain.sequences.reshape(2, 2, -1))
+    np.testing.assert_allclose(grouped.sequences_scores.reshape(2, 4)[:, ::2], plain.sequences_scores.reshape(2, 2),
+                               atol=1e-5)
+
+
+def test_group_beam_search_diversity_separates_the_groups(gpt2):
+    """A huge diversity penalty forbids group 1 the tokens group 0 chose at the same step: the first generated
+    tokens of the returned hypotheses then come from both groups' different choices."""
+    _, folder, frequent = gpt2
+    model = scratch.models.load(folder, backend="numpy")
+    kw = dict(num_beams=2, num_beam_groups=2, num_return_sequences=2, max_new_tokens=6, pad_token_id=PAD)
+    plain = generate(model, PROMPTS, attention_mask=MASK, diversity_penalty=0.0, **kw).sequences.reshape(2, 2, -1)
+    diverse = generate(model, PROMPTS, attention_mask=MASK, diversity_penalty=1e4, **kw).sequences.reshape(2, 2, -1)
+    T = PROMPTS.shape[1]
+    assert (plain[:, 0, T] == plain[:, 1, T]).all()       # two groups of one beam: the same greedy path
+    assert (diverse[:, 0, T] != diverse[:, 1, T]).all()   # ... unless the second group is pushed off it
+    out = generate(model, PROMPTS, attention_mask=MASK, diversity_penalty=0.5, eos_token_id=frequent[0], **kw)
+    assert out.sequences.shape[0] == 4 and out.sequences_scores.shape == (4,)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The fast top-k and bad input
+# ---------------------------------------------------------------------------------------------------------------
+
+@settings(max_examples=40)
+@given(st.integers(1, 4), st.integers(2, 60), st.data())
+def test_top_k_fast_path_equals_the_sort_oracle(rows, n, data):
+    k = data.draw(st.integers(1, n))
+    values = data.draw(st.lists(st.floats(-50, 50, width=32), min_size=rows * n, max_size=rows * n, unique=True))
+    scores = np.array(values, dtype=np.float32).reshape(rows, n)
+    fast_values, fast_index = beam.top_k(scores, k)
+    ref_values, ref_index = beam.top_k_reference(scores, k)
+    np.testing.assert_array_equal(fast_index, ref_index)
+    np.testing.assert_array_equal(fast_values, ref_values)
+    assert fast_values.dtype == np.float32 and fast_index.dtype == np.int64
+
+
+def test_top_k_ties_lower_index_first(backend):
+    scores = backend.asarray(np.array([[1.0, 3.0, 3.0, -np.inf, 2.0]], dtype=np.float32))
+    values, index = beam.top_k_reference(scores, 3)
+    assert backend.to_numpy(index).tolist() == [[1, 2, 4]]
+    assert backends.namespace_of(values) is backend.xp
+
+
+@pytest.mark.parametrize("kw, name", [
+    (dict(num_beams=2, num_return_sequences=3), "num_return_sequences"),
+    (dict(num_beams=0), "num_beams"),
+    (dict(num_beams=4, num_beam_groups=3), "num_beam_groups"),
+    (dict(num_beams=2, stop_strings="x"), "stop_strings"),
+])
+def test_bad_settings_name_the_parameter(gpt2, kw, name):
+    _, folder, _ = gpt2
+    model = scratch.models.load(folder, backend="numpy")
+    with pytest.raises(ValueError, match=name):
+        generate(model, PROMPTS, attention_mask=MASK, max_new_tokens=3, **kw)
