@@ -12,7 +12,7 @@ import importlib
 import sys
 
 # Modules that add subcommands, in the order `scratch --help` lists them.
-SUBCOMMAND_MODULES: list[str] = ["scratch.tokenizer.cli", "scratch.models.cli"]
+SUBCOMMAND_MODULES: list[str] = ["scratch.tokenizer.cli", "scratch.models.cli", "scratch.generate.cli"]
 
 
 def _cmd_info(args: argparse.Namespace) -> int:

@@ -1,0 +1,179 @@
+"""Command line for decoding: `scratch generate` streams a continuation, `scratch compare-decoding` lines up strategies.
+
+`scratch generate --model FOLDER --tokenizer PATH_OR_NAME [--strategy ...] [options] "prompt"` prints the text as
+it is produced (greedy and sampling stream token by token; beam, contrastive and speculative decoding print once at
+the end). `scratch compare-decoding ... "prompt"` runs the same prompt through several strategies (greedy, sampling,
+top-k, top-p, min-p, beam search, contrastive search) and prints one line per strategy. Options use transformers'
+names with dashes. EOS is the model config's eos_token_id when it lies inside the vocabulary. Not here: chat
+templates, interactive sessions.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["register"]
+
+STRATEGIES = ("greedy", "sample", "beam", "contrastive", "speculative")
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("prompt", help="the prompt text")
+    p.add_argument("--model", required=True, metavar="FOLDER", help="a Hugging Face model folder (GPT-2 or Llama)")
+    p.add_argument("--tokenizer", required=True, metavar="PATH_OR_NAME",
+                   help="a tokenizer file or folder (see `scratch tokenizer`), or a name such as cl100k_base")
+    p.add_argument("--backend", default="numpy", help="numpy (default), strict, cupy or auto")
+    p.add_argument("--dtype", default="float32", help="float32 (default), float16 or float64")
+    p.add_argument("--max-new-tokens", type=int, default=50, metavar="N", help="new tokens at most (default 50)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the host generator for sampling (default 0)")
+    p.add_argument("--temperature", type=float, default=None, help="sampling temperature (0 = greedy)")
+    p.add_argument("--top-k", type=int, default=None, help="keep the k most probable tokens (0 disables)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus: keep the top tokens with this much mass")
+    p.add_argument("--min-p", type=float, default=None, help="keep tokens with p >= min_p * max p")
+    p.add_argument("--repetition-penalty", type=float, default=None, help="CTRL repetition penalty (> 1 punishes)")
+    p.add_argument("--no-repeat-ngram-size", type=int, default=None, metavar="N", help="ban repeated n-grams")
+    p.add_argument("--stop", action="append", default=None, metavar="TEXT", help="a stop string (repeatable)")
+
+
+def register(subparsers) -> None:
+    g = subparsers.add_parser("generate", help="generate a continuation of a prompt, streamed to stdout")
+    _add_model_options(g)
+    g.add_argument("--strategy", choices=STRATEGIES, default="greedy", help="decoding strategy (default greedy)")
+    g.add_argument("--num-beams", type=int, default=4, help="beams for --strategy beam (default 4)")
+    g.add_argument("--length-penalty", type=float, default=None, help="beam search length penalty")
+    g.add_argument("--penalty-alpha", type=float, default=0.6, help="contrastive search degeneration penalty")
+    g.add_argument("--draft-model", metavar="FOLDER", help="the draft model for --strategy speculative")
+    g.set_defaults(handler=_cmd_generate)
+
+    c = subparsers.add_parser("compare-decoding", help="run one prompt through several decoding strategies")
+    _add_model_options(c)
+    c.add_argument("--num-beams", type=int, default=4, help="beams for beam search (default 4)")
+    c.set_defaults(handler=_cmd_compare)
+
+
+def _load(args):
+    import scratch.models
+    from scratch.tokenizer import load_tokenizer
+
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    tokenizer = load_tokenizer(args.tokenizer)
+    model = scratch.models.load(args.model, backend=args.backend, dtype=args.dtype)
+    ids = tokenizer.encode(args.prompt)
+    if not ids:
+        raise ValueError("the prompt is empty: give some text to continue")
+    return model, tokenizer, ids
+
+
+def _base_kwargs(args, model) -> dict:
+    """Generation parameters shared by every strategy: length, EOS from the model config, processors, seed."""
+    kwargs = dict(max_new_tokens=args.max_new_tokens, seed=args.seed)
+    eos = getattr(model.config, "eos_token_id", None)
+    eos = [eos] if isinstance(eos, int) else list(eos or [])
+    eos = [e for e in eos if 0 <= e < model.n_vocab]
+    if eos:
+        kwargs["eos_token_id"] = eos if len(eos) > 1 else eos[0]
+    if args.repetition_penalty is not None:
+        kwargs["repetition_penalty"] = args.repetition_penalty
+    if args.no_repeat_ngram_size is not None:
+        kwargs["no_repeat_ngram_size"] = args.no_repeat_ngram_size
+    if args.stop:
+        kwargs["stop_strings"] = args.stop
+    return kwargs
+
+
+def _warpers(args) -> dict:
+    names = ("temperature", "top_k", "top_p", "min_p")
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def _eos_ids(kwargs) -> set:
+    eos = kwargs.get("eos_token_id")
+    return set() if eos is None else ({eos} if isinstance(eos, int) else set(eos))
+
+
+def _new_text(tokenizer, sequence, prompt_len: int, eos: set) -> str:
+    """The generated part of one output row as text, cut at its first EOS (padding after it dropped)."""
+    ids = [int(t) for t in sequence[prompt_len:]]
+    for i, t in enumerate(ids):
+        if t in eos:
+            ids = ids[:i]
+            break
+    return tokenizer.decode(ids)
+
+
+def _cmd_generate(args) -> int:
+    from scratch.generate import generate, stream_generate
+
+    model, tokenizer, ids = _load(args)
+    kwargs = _base_kwargs(args, model)
+    eos = _eos_ids(kwargs)
+    out = sys.stdout
+    if args.strategy in ("greedy", "sample"):
+        kwargs.update(_warpers(args))
+        if args.strategy == "sample":
+            kwargs["do_sample"] = True
+        elif any(k in kwargs for k in ("top_k", "top_p", "min_p")) or kwargs.get("temperature", 0) > 0:
+            raise ValueError("--temperature/--top-k/--top-p/--min-p shape sampling: use --strategy sample")
+        for event in stream_generate(model, tokenizer, [ids], **kwargs):
+            if event.token is not None and event.token in eos:
+                continue
+            out.write(event.text)
+            out.flush()
+        out.write("\n")
+        return 0
+    draft = None
+    if args.strategy == "beam":
+        kwargs.update(num_beams=args.num_beams)
+        if args.length_penalty is not None:
+            kwargs["length_penalty"] = args.length_penalty
+    elif args.strategy == "contrastive":
+        kwargs.update(penalty_alpha=args.penalty_alpha, top_k=args.top_k if args.top_k is not None else 4)
+    else:  # speculative
+        if not args.draft_model:
+            raise ValueError("--strategy speculative needs --draft-model FOLDER")
+        import scratch.models
+        draft = scratch.models.load(args.draft_model, backend=args.backend, dtype=args.dtype)
+        kwargs.update(_warpers(args))
+        kwargs["do_sample"] = bool(_warpers(args))
+    result = generate(model, [ids], draft_model=draft, tokenizer=tokenizer, **kwargs)
+    out.write(_new_text(tokenizer, result.sequences[0], len(ids), eos) + "\n")
+    return 0
+
+
+def _comparisons(args) -> list[tuple[str, dict]]:
+    return [
+        ("greedy", {}),
+        ("sample", dict(do_sample=True, top_k=0)),
+        ("top-k 50", dict(do_sample=True, top_k=50)),
+        ("top-p 0.9", dict(do_sample=True, top_k=0, top_p=0.9)),
+        ("min-p 0.1", dict(do_sample=True, top_k=0, min_p=0.1)),
+        (f"beam {args.num_beams}", dict(num_beams=args.num_beams)),
+        ("contrastive", dict(penalty_alpha=0.6, top_k=4)),
+    ]
+
+
+def _cmd_compare(args) -> int:
+    from scratch.generate import generate
+
+    model, tokenizer, ids = _load(args)
+    base = _base_kwargs(args, model)
+    eos = _eos_ids(base)
+    warpers = _warpers(args)
+    rows = []
+    for name, extra in _comparisons(args):
+        kwargs = {**base, **extra}
+        if kwargs.get("do_sample"):
+            kwargs.update(warpers)
+        try:
+            result = generate(model, [ids], tokenizer=tokenizer, **kwargs)
+        except (ImportError, AttributeError) as error:   # a strategy whose module is not in this version
+            rows.append((name, f"(not available: {error})"))
+            continue
+        text = _new_text(tokenizer, result.sequences[0], len(ids), eos)
+        rows.append((name, text.replace("\n", "\\n")))
+    width = max(len(name) for name, _ in rows)
+    print(f"prompt: {args.prompt!r}")
+    for name, text in rows:
+        print(f"{name:<{width}} | {text}")
+    return 0

@@ -1,0 +1,93 @@
+"""`scratch generate` and `scratch compare-decoding` through scratch.cli.main, with a tiny GPT-2 saved by
+transformers and a tiny BPE tokenizer trained here (vocabulary sizes equal), everything under tmp_path."""
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+import scratch.models
+from scratch.cli import main
+from scratch.generate import generate
+from scratch.tokenizer import BPETokenizer
+
+V = 300
+PROMPT = "the quick brown"
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """(model folder, tokenizer file) as strings."""
+    root = tmp_path_factory.mktemp("cli")
+    text = "the quick brown fox jumps over the lazy dog. " * 4 + "pack my box with five dozen liquor jugs! " * 4
+    tokenizer = BPETokenizer.train(text, vocab_size=V, pattern="gpt2")
+    tokenizer.save(root / "tok.json")
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=V, n_positions=64, n_embd=32, n_layer=2, n_head=2, initializer_range=0.2,
+        bos_token_id=None, eos_token_id=None))
+    hf.save_pretrained(root / "model")
+    return str(root / "model"), str(root / "tok.json")
+
+
+def _expected(files, **kwargs):
+    model_dir, tok_path = files
+    tokenizer = BPETokenizer.load(tok_path)
+    model = scratch.models.load(model_dir)
+    ids = tokenizer.encode(PROMPT)
+    out = generate(model, [ids], **kwargs).sequences[0, len(ids):]
+    return tokenizer.decode(out.tolist())
+
+
+def test_generate_greedy_streams_the_text(files, capsys):
+    model_dir, tok_path = files
+    assert main(["generate", "--model", model_dir, "--tokenizer", tok_path, "--max-new-tokens", "12", PROMPT]) == 0
+    assert capsys.readouterr().out == _expected(files, max_new_tokens=12) + "\n"
+
+
+def test_generate_sampling_with_seed(files, capsys):
+    model_dir, tok_path = files
+    argv = ["generate", "--model", model_dir, "--tokenizer", tok_path, "--strategy", "sample", "--seed", "7",
+            "--top-k", "20", "--top-p", "0.9", "--temperature", "1.2", "--max-new-tokens", "10", PROMPT]
+    assert main(argv) == 0
+    expected = _expected(files, max_new_tokens=10, do_sample=True, seed=7, top_k=20, top_p=0.9, temperature=1.2)
+    assert capsys.readouterr().out == expected + "\n"
+
+
+def test_generate_stop_string(files, capsys):
+    model_dir, tok_path = files
+    full = _expected(files, max_new_tokens=12)
+    stop = full[3:5]
+    assert main(["generate", "--model", model_dir, "--tokenizer", tok_path, "--max-new-tokens", "12",
+                 "--stop", stop, PROMPT]) == 0
+    text = capsys.readouterr().out[:-1]
+    assert stop in PROMPT + text and full.startswith(text) and len(text) < len(full)
+
+
+def test_compare_decoding_lists_each_strategy(files, capsys):
+    model_dir, tok_path = files
+    assert main(["compare-decoding", "--model", model_dir, "--tokenizer", tok_path, "--max-new-tokens", "6",
+                 PROMPT]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"prompt: {PROMPT!r}"
+    names = [line.split("|")[0].strip() for line in lines[1:]]
+    assert names == ["greedy", "sample", "top-k 50", "top-p 0.9", "min-p 0.1", "beam 4", "contrastive"]
+    greedy = lines[1].split("| ", 1)[1]
+    assert greedy == _expected(files, max_new_tokens=6).replace("\n", "\\n")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--strategy", "speculative"], "needs --draft-model"),
+    (["--temperature", "0.5"], "use --strategy sample"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+    (["--max-new-tokens", "80"], "exceed the model's context of 64"),
+])
+def test_generate_bad_options(files, capsys, extra, message):
+    model_dir, tok_path = files
+    assert main(["generate", "--model", model_dir, "--tokenizer", tok_path, *extra, PROMPT]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_generate_missing_model(files, tmp_path, capsys):
+    assert main(["generate", "--model", str(tmp_path / "nope"), "--tokenizer", files[1], PROMPT]) == 2
+    assert "does not exist" in capsys.readouterr().err
