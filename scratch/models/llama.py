@@ -18,11 +18,18 @@ import numpy as np
 
 import backends
 from scratch.models.config import LlamaConfig
-from scratch.models.gpt2 import WeightReader, check_dtype, check_length, positions_and_mask, put, token_ids
+from scratch.models.gpt2 import (
+    WeightReader,
+    causal_attention,
+    check_dtype,
+    check_length,
+    positions_and_mask,
+    put,
+    token_ids,
+)
 from scratch.nn import (
     KVCache,
     apply_rope,
-    attention,
     embedding,
     gelu,
     gelu_tanh,
@@ -167,7 +174,7 @@ def block(config: LlamaConfig, layer: LlamaLayer, x, cos, sin, mask, cache: KVCa
     v = qkv[:, H + Hkv:, ...]                                           # (B, Hkv, T, D)
     if cache is not None:
         k, v = cache.update(index, k, v)                                # (B, Hkv, S, D), S = cached + T
-    y = attention(q, k, v, mask=mask)                                   # (B, H, T, D); q head h <- kv head h // G
+    y = causal_attention(q, k, v, mask)                                 # (B, H, T, D); q head h <- kv head h // G
     x = x + linear(merge_heads(y), layer.o_w, layer.o_b)                # (B, T, H D) @ (H D, C)
     h = rms_norm(x, layer.mlp_norm_w, config.rms_norm_eps)
     gate_up = linear(h, layer.gate_up_w, layer.gate_up_b)               # (B, T, 2F), gate and up in one matmul

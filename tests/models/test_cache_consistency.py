@@ -1,7 +1,8 @@
 """Properties of cached decoding, for GPT-2 and Llama on every backend (hypothesis, tiny random models):
 - a sequence fed through the KV cache in any chunking gives the logits of one full forward;
 - a left-padded batch gives every row the logits that row gets alone (uncached and cached);
-- cache.reorder (beam search) and cache.crop (speculative decoding) leave the model computing the right thing.
+- cache.reorder (beam search) and cache.crop (speculative decoding) leave the model computing the right thing;
+- the blocked causal attention of a long prefill equals one `scratch.nn.attention` call (its oracle).
 """
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from hypothesis import strategies as st
 
 import backends
 import scratch.models
+from scratch import nn
 from scratch.models import GPT2Config, LlamaConfig
+from scratch.models.gpt2 import causal_attention
 
 RTOL, ATOL = 1e-5, 2e-5  # float32, same weights, different summation lengths (cache views vs full matrices)
 V = 97
@@ -135,3 +138,25 @@ def test_crop_then_continue_differently(family, backend):
     full = _np(model, model(np.concatenate([ids[:, :6], other], axis=1)))
     np.testing.assert_allclose(stepped, full[:, 6:], rtol=RTOL, atol=ATOL)
     assert cache.length == 10
+
+
+@pytest.mark.parametrize("backend", backends.available())
+@settings(max_examples=15)
+@given(T=st.integers(1, 30), past=st.integers(0, 9), block=st.integers(1, 12), heads=st.sampled_from([(4, 4), (4, 2),
+       (6, 1)]), padded=st.booleans(), seed=st.integers(0, 99))
+def test_blocked_causal_attention_equals_one_call(backend, T, past, block, heads, padded, seed):
+    be = backends.get(backend)
+    H, Hkv = heads
+    rng = np.random.default_rng(seed)
+    S = past + T
+    q, k, v = (be.asarray(rng.standard_normal(shape, dtype=np.float32))
+               for shape in ((2, H, T, 8), (2, Hkv, S, 8), (2, Hkv, S, 8)))
+    if padded:
+        am = np.ones((2, S), dtype=np.int64)
+        am[1, :rng.integers(0, S)] = 0
+        mask = nn.causal_padding_mask(be.asarray(am), T)           # (B, 1, T, S)
+    else:
+        mask = nn.causal_mask(T, S, be)                            # (T, S)
+    fast = be.to_numpy(causal_attention(q, k, v, mask, block=block))
+    assert fast.dtype == np.float32
+    np.testing.assert_allclose(fast, be.to_numpy(nn.attention(q, k, v, mask=mask)), rtol=RTOL, atol=ATOL)

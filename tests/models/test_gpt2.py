@@ -58,6 +58,24 @@ def test_logits_match_transformers(hf_gpt2, backend):
     np.testing.assert_allclose(backend.to_numpy(logits), ref, atol=ATOL, rtol=0)
 
 
+
+def test_blocked_prefill_matches_transformers(hf_gpt2, monkeypatch):
+    """A prefill longer than the attention block goes through the blocked causal path (block 8 here, 128 in use)."""
+    hf, folder = hf_gpt2
+    monkeypatch.setattr(gpt2, "PREFILL_BLOCK", 8)
+    model = scratch.models.load(folder)
+    ids = _ids(2, 37, seed=4)
+    mask = np.ones_like(ids)
+    mask[1, :11] = 0
+    positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
+    with torch.no_grad():
+        ref = hf(torch.tensor(ids)).logits.numpy()
+        ref_padded = hf(torch.tensor(ids), attention_mask=torch.tensor(mask),
+                        position_ids=torch.tensor(positions)).logits.numpy()
+    np.testing.assert_allclose(model(ids), ref, atol=ATOL, rtol=0)
+    real = mask.astype(bool)
+    np.testing.assert_allclose(model(ids, attention_mask=mask)[real], ref_padded[real], atol=ATOL, rtol=0)
+
 def test_left_padding_matches_transformers(hf_gpt2, backend):
     """transformers given the same mask and the cumsum-1 position ids; only real positions are compared."""
     hf, folder = hf_gpt2

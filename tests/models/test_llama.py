@@ -13,6 +13,7 @@ import transformers
 
 import scratch.models
 from scratch.models import LlamaConfig, llama
+from scratch.models import gpt2 as gpt2_module  # owns PREFILL_BLOCK
 
 ATOL = 1e-4  # float32 vs float32; observed ~3e-7
 BASE = dict(vocab_size=157, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
@@ -66,6 +67,24 @@ def test_logits_match_transformers(hf_llama, backend):
         ref = hf(torch.tensor(ids)).logits.numpy()
     np.testing.assert_allclose(backend.to_numpy(logits), ref, atol=ATOL, rtol=0)
 
+
+
+def test_blocked_prefill_matches_transformers(hf_llama, monkeypatch):
+    """A prefill longer than the attention block goes through the blocked causal path (block 8 here, 128 in use)."""
+    hf, folder = hf_llama
+    monkeypatch.setattr(gpt2_module, "PREFILL_BLOCK", 8)
+    model = scratch.models.load(folder)
+    ids = _ids(2, 37, seed=4)
+    mask = np.ones_like(ids)
+    mask[1, :11] = 0
+    positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
+    with torch.no_grad():
+        ref = hf(torch.tensor(ids)).logits.numpy()
+        ref_padded = hf(torch.tensor(ids), attention_mask=torch.tensor(mask),
+                        position_ids=torch.tensor(positions)).logits.numpy()
+    np.testing.assert_allclose(model(ids), ref, atol=ATOL, rtol=0)
+    real = mask.astype(bool)
+    np.testing.assert_allclose(model(ids, attention_mask=mask)[real], ref_padded[real], atol=ATOL, rtol=0)
 
 def test_left_padding_matches_transformers(hf_llama, backend):
     hf, folder = hf_llama
@@ -147,10 +166,10 @@ def test_wrong_variants_are_caught(hf_llama, monkeypatch):
     if not 1 < hf.config.num_key_value_heads < hf.config.num_attention_heads:
         return  # one kv head (MQA) or one per query head (MHA): both orders pair heads the same way
 
-    def tiled_attention(q, k, v, mask=None):   # kv head j serves query heads j, j + Hkv, ... (the wrong order)
+    def tiled_attention(q, k, v, mask):   # kv head j serves query heads j, j + Hkv, ... (the wrong order)
         G = q.shape[1] // k.shape[1]
         return nn.attention(q, np.tile(k, (1, G, 1, 1)), np.tile(v, (1, G, 1, 1)), mask=mask)
 
     with monkeypatch.context() as m:
-        m.setattr(llama, "attention", tiled_attention)
+        m.setattr(llama, "causal_attention", tiled_attention)
         assert np.max(np.abs(model(ids) - ref)) > 100 * ATOL
