@@ -84,9 +84,11 @@ def put(backend: backends.Backend, host: np.ndarray, dtype: str):
 
     subtle: the safetensors reader returns memory-mapped views; np.ascontiguousarray would hand those through
     unchanged, leaving the model's weights backed by the file (first use pays the page faults, and a rewritten
-    file would change the model). np.array copies once, here, at load.
+    file would change the model). Any view is copied once, here; an array made at load (a concatenation, a fresh
+    random draw) is already owned and is kept as it is.
     """
-    return backend.asarray(np.array(host, order="C"), dtype=dtype)
+    owned = host.flags.owndata and host.flags.c_contiguous and not isinstance(host, np.memmap)
+    return backend.asarray(host if owned else np.array(host, order="C"), dtype=dtype)
 
 
 def token_ids(backend: backends.Backend, input_ids, n_vocab: int):
