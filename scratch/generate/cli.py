@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-__all__ = ["register"]
+__all__ = ["register", "printable"]
 
 STRATEGIES = ("greedy", "sample", "beam", "contrastive", "speculative")
 
@@ -153,6 +153,11 @@ def _comparisons(args) -> list[tuple[str, dict]]:
     ]
 
 
+def printable(text: str) -> str:
+    """One line of text: newlines, tabs and other unprintable characters written as escapes (\\n, \\x1c, ...)."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
 def _cmd_compare(args) -> int:
     from scratch.generate import generate
 
@@ -171,7 +176,7 @@ def _cmd_compare(args) -> int:
             rows.append((name, f"(not available: {error})"))
             continue
         text = _new_text(tokenizer, result.sequences[0], len(ids), eos)
-        rows.append((name, text.replace("\n", "\\n")))
+        rows.append((name, printable(text)))
     width = max(len(name) for name, _ in rows)
     print(f"prompt: {args.prompt!r}")
     for name, text in rows:

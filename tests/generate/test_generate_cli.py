@@ -9,6 +9,7 @@ import transformers
 import scratch.models
 from scratch.cli import main
 from scratch.generate import generate
+from scratch.generate.cli import printable
 from scratch.tokenizer import BPETokenizer
 
 V = 300
@@ -73,7 +74,8 @@ def test_compare_decoding_lists_each_strategy(files, capsys):
     names = [line.split("|")[0].strip() for line in lines[1:]]
     assert names == ["greedy", "sample", "top-k 50", "top-p 0.9", "min-p 0.1", "beam 4", "contrastive"]
     greedy = lines[1].split("| ", 1)[1]
-    assert greedy == _expected(files, max_new_tokens=6).replace("\n", "\\n")
+    assert greedy == printable(_expected(files, max_new_tokens=6))
+    assert printable("a\nb\x1c\u2028c") == "a\\nb\\x1c\\u2028c"
 
 
 @pytest.mark.parametrize("extra, message", [
