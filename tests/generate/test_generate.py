@@ -58,9 +58,13 @@ def test_same_seed_same_tokens_on_every_backend(model_on, backend):
     assert isinstance(out, GenerateOutput) and isinstance(out.sequences, np.ndarray)
     assert out.sequences.dtype == np.int64 and out.sequences.shape == (2, 5 + 12)
     np.testing.assert_array_equal(out.sequences, reference)
-    # Greedy too (argmax of float32 logits computed by the same kernels).
-    np.testing.assert_array_equal(generate(model_on(backend.name), PROMPT, max_new_tokens=8).sequences,
-                                  generate(model_on("numpy"), PROMPT, max_new_tokens=8).sequences)
+    on_backend = backend.asarray(np.array(PROMPT), dtype="int64")     # ids already on the backend are taken too
+    np.testing.assert_array_equal(generate(model_on(backend.name), on_backend, **SAMPLING).sequences, reference)
+    # Greedy too, and a left-padded batch (the mask lives on the backend).
+    ragged = [[5, 6], [7, 8, 9, 10, 11, 12]]
+    for kwargs in (dict(max_new_tokens=8), dict(SAMPLING, repetition_penalty=1.3)):
+        np.testing.assert_array_equal(generate(model_on(backend.name), ragged, **kwargs).sequences,
+                                      generate(model_on("numpy"), ragged, **kwargs).sequences)
 
 
 def test_seed_matters_and_repeats(model_on):
