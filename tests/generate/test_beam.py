@@ -102,6 +102,16 @@ def test_beam_search_two_eos_ids_gpt2(gpt2):
     _compare(hf, model, frequent[:2], num_beams=3, length_penalty=1.0, early_stopping=False, num_return_sequences=3)
 
 
+@pytest.mark.parametrize("processors", [dict(repetition_penalty=1.5, no_repeat_ngram_size=2),
+                                        dict(min_new_tokens=4, suppress_tokens=[2, 3], sequence_bias={(7,): -2.0})])
+def test_beam_search_with_processors_equals_transformers(gpt2, processors):
+    """Processors act on the log-softmax scores in beam search (repetition penalty multiplies them: all < 0)."""
+    hf, folder, frequent = gpt2
+    model = scratch.models.load(folder, backend="numpy")
+    _compare(hf, model, frequent[0], num_beams=3, length_penalty=1.0, early_stopping=False, num_return_sequences=2,
+             **processors)
+
+
 LLAMA_CASES = [(2, 1.0, False, 2, 1), (3, 0.0, True, 1, 1), (4, 2.0, "never", 4, 1), (4, -1.0, False, 2, 1),
                (4, 0.0, "never", 4, 1)]
 
