@@ -3,9 +3,9 @@
 Two models with random weights (transformers' init, seed 0), saved with save_pretrained and loaded by ours from the
 same folder: GPT-2 124M (GPT2Config()) and a small GPT-2 (4 layers, width 256, vocab 8,192 -- where per-step
 overhead, not the weights, dominates). For each: greedy, top-k + top-p sampling (top_k=50, top_p=0.9) and, when
-scratch.generate.beam exists, beam search with 4 beams; batch 1 and batch 8 (left-padded prompts of different
-lengths). Tokens/s = returned new tokens (B x max_new_tokens; EOS is disabled so both run every step) / wall time of
-the whole call, prompt prefill included. Each figure is the median of alternating rounds (ours, transformers, ours,
+scratch.generate.beam exists, beam search with 4 beams (batch 1); batch 1 and batch 8 (left-padded prompts of
+different lengths). Tokens/s = returned new tokens (B x max_new_tokens; EOS is disabled so both run every step) /
+wall time of the whole call, prompt prefill included. Each figure is the median of alternating rounds (ours, transformers, ours,
 ...), so a burst of load from other processes hits both alike; timings are noisy on shared cores all the same.
 The 124M batch-1 greedy step is also set against the memory roofline (weight bytes / measured bandwidth).
 Run:  python bench/bench_generate.py [--quick] [--only small|124m] [--backend numpy|cupy]
@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))  # run from anywhere: the repo root is importable
 THREADS = 2
 BARS = {  # (model, strategy, batch) -> minimum ours/transformers tokens/s ratio (issue 5)
     ("124M", "greedy", 1): 1.5, ("124M", "sample", 1): 1.5, ("124M", "beam4", 1): 2.0,
-    ("124M", "greedy", 8): 1.0, ("124M", "sample", 8): 1.0, ("124M", "beam4", 8): 1.0,
+    ("124M", "greedy", 8): 1.0, ("124M", "sample", 8): 1.0,
     ("small", "greedy", 1): 2.0, ("small", "sample", 1): 2.0, ("small", "greedy", 8): 2.0,
     ("small", "sample", 8): 2.0,
 }
@@ -88,8 +88,6 @@ def run_model(name: str, hf_config, args, np, torch, transformers, results: list
         if strategy == "beam4" and not have_beam:
             print(f"  {strategy:<8} {batch:>2}  (skipped: scratch.generate.beam is not there yet)")
             continue
-        if args.quick and strategy == "beam4" and batch == 8:
-            continue
         ids, mask = _prompts(np, batch, hf_config.vocab_size, args.prompt_len)
         kwargs = STRATEGIES[strategy]
 
@@ -134,7 +132,7 @@ def run_model(name: str, hf_config, args, np, torch, transformers, results: list
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer rounds, fewer tokens, no beam batch 8")
+    parser.add_argument("--quick", action="store_true", help="one round, 16 new tokens")
     parser.add_argument("--only", choices=("small", "124m"), help="run one model only")
     parser.add_argument("--backend", default="numpy", help="our backend (numpy, or cupy on a GPU)")
     parser.add_argument("--new-tokens", type=int, default=None, help="new tokens per row (default 32, quick 16)")
