@@ -309,3 +309,13 @@ def test_streamer_receives_each_step(model_on):
     with pytest.raises(ValueError, match="streamer"):
         generate(m, PROMPT, max_new_tokens=5, num_beams=2, streamer=streamer)
 
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"), (dict(top_k=-1), "top_k"),
+    (dict(temperature=-0.5), "temperature"), (dict(num_beams=0), "num_beams"),
+    (dict(num_beams=2, num_return_sequences=3), "num_return_sequences"), (dict(max_new_tokens=0), "max_new_tokens"),
+])
+def test_bad_parameters_name_themselves(model_on, kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        generate(model_on("numpy"), PROMPT, **kwargs)
