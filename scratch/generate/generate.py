@@ -369,6 +369,9 @@ def generate(model, input_ids, config: GenerationConfig | None = None, *, attent
     if streamer is not None and (mode not in ("greedy_search", "sample") or draft_model is not None):
         raise ValueError(f"streamer works with greedy decoding and sampling, not with {mode}"
                          f"{' and a draft model' if draft_model is not None else ''}")
+    if config.stop_strings is not None and (mode not in ("greedy_search", "sample") or draft_model is not None):
+        raise ValueError(f"stop_strings work with greedy decoding and sampling, not with {mode}"
+                         f"{' and a draft model' if draft_model is not None else ''}")
     rng = backends.rng(config.seed)
     if draft_model is not None:
         if mode not in ("greedy_search", "sample"):

@@ -176,9 +176,11 @@ def test_stop_strings_across_token_boundaries(model_on, tokenizer):
     assert stop in tokenizer.decode(generated)
 
 
-def test_stop_strings_need_a_tokenizer(model_on):
+def test_stop_strings_need_a_tokenizer(model_on, tokenizer):
     with pytest.raises(ValueError, match="tokenizer"):
         generate(model_on("numpy"), PROMPT, max_new_tokens=4, stop_strings=["x"])
+    with pytest.raises(ValueError, match="stop_strings work with greedy decoding and sampling, not with beam_search"):
+        generate(model_on("numpy"), PROMPT, max_new_tokens=4, stop_strings=["x"], num_beams=2, tokenizer=tokenizer)
 
 
 def test_max_length_and_max_new_tokens(model_on):
