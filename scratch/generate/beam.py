@@ -336,8 +336,8 @@ def group_beam_search(model, prompt, config):
     """Diverse beam search: num_beams split into num_beam_groups groups of num_beams / num_beam_groups beams.
 
     Each step the groups choose in order; group g's log-probabilities are lowered by diversity_penalty times the
-    number of times each token was chosen this step by groups 0..g-1 of the same prompt (Hamming diversity), after
-    transformers' other processors. Each group then does one step of beam search on its own beams (its best
+    number of times each token was chosen this step by groups 0..g-1 of the same prompt (Hamming diversity), applied
+    where transformers 4 applied it: after the sequence bias, before the other processors. Each group then does one step of beam search on its own beams (its best
     2 * group_size candidates; ended ones among the top group_size become hypotheses of that group). A group whose
     hypotheses cannot improve is done (it then appends pad tokens). The result: the best num_return_sequences
     hypotheses over all groups of a prompt, with running beams added as hypotheses at the end.
@@ -349,11 +349,17 @@ def group_beam_search(model, prompt, config):
     G = config.num_beam_groups
     if G < 2:
         raise ValueError(f"group beam search needs num_beam_groups > 1, got {G}")
+    if config.is_sampling:
+        raise ValueError("group beam search does not sample: set do_sample=False (or num_beam_groups=1 for beam "
+                         "sampling)")
     size = nb // G                                         # beams per group
     max_length = T + max_new
     eos = np.asarray(config.eos_token_ids, dtype=np.int64)
     K = max(2, 1 + eos.size) * size
     processors = build_processors(config, prompt_length=T)
+    # transformers 4 put the Hamming diversity processor right after the sequence bias, before all the others.
+    first = 1 if config.sequence_bias is not None else 0
+    before, after = processors[:first], processors[first:]
     pad = prompt.pad_token_id
     penalty = np.float32(config.diversity_penalty)
 
@@ -376,13 +382,14 @@ def group_beam_search(model, prompt, config):
             rows = np.array([b * nb + g * size + j for b in range(B) for j in range(size)])   # (B*size,)
             rows_dev = backend.asarray(rows, dtype="int64")
             logp = xp.take(logp_all, rows_dev, axis=0)                                       # (B*size, V)
-            if processors:
-                logp = apply(processors, backend.asarray(sequences[rows], dtype="int64"), logp)
-            if g > 0:   # Hamming diversity: how often each token was chosen by earlier groups of the prompt
+            context = backend.asarray(sequences[rows], dtype="int64")
+            logp = apply(before, context, logp)
+            if g > 0 and penalty > 0:   # Hamming diversity: tokens chosen by earlier groups of the prompt
                 counts = np.zeros((B, V), dtype=np.float32)
                 for b in range(B):
                     np.add.at(counts[b], chosen[b * nb:b * nb + g * size], 1.0)
                 logp = logp - backend.asarray(np.repeat(counts * penalty, size, axis=0), dtype="float32")
+            logp = apply(after, context, logp)
             total = logp + backend.asarray(beam_scores[rows].reshape(-1, 1), dtype="float32")
             values, flat = top_k(xp.reshape(total, (B, size * V)), K)
             values = backend.to_numpy(values).astype(np.float32, copy=False)
