@@ -154,7 +154,7 @@ def test_greedy_rule():
     assert accepted.tolist() == [2, 1, 0] and token.tolist() == [7, 9, 3]
 
 
-def test_first_two_tokens_follow_the_target_distribution(tmp_path):
+def test_first_two_tokens_follow_the_target_distribution():
     """End to end on a 12-token vocabulary: 3,000 seeds of speculative sampling (draft = another random model,
     k = 2 drafts, 3 new tokens) against the target's exact joint distribution of the first two generated tokens
     (computed with V + 1 forwards)."""
@@ -184,7 +184,7 @@ def test_first_two_tokens_follow_the_target_distribution(tmp_path):
     assert 0 < accepted < drafted   # the draft differs from the target: both branches of the rule ran
 
 
-def test_bad_input_names_the_parameter(models, tmp_path):
+def test_bad_input_names_the_parameter(models):
     _, folders = models
     target = scratch.models.load(folders["target"])
     small = scratch.models.from_config(scratch.models.GPT2Config.from_hf(dict(vocab_size=50, n_positions=64,
