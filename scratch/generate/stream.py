@@ -4,7 +4,7 @@
 `decode_steps`) and yields a `StreamEvent` for every token a row appends, with the text that token completes. The
 text comes from the tokenizer's streaming decoder (`tokenizer.stream_decoder()`: push(id) -> str, flush()), which
 holds back the bytes of a character cut between tokens, so the pieces of a row joined equal `tokenizer.decode` of
-its generated ids. Not here: beam search or contrastive streaming (their tokens are only final at the end).
+its generated ids (a tokenizer without one gets `PrefixDecoder`, which decodes the growing row). Not here: beam search or contrastive streaming (their tokens are only final at the end).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import backends
 from scratch.generate.config import GenerationConfig
 from scratch.generate.generate import decode_steps, make_config, prepare_prompt
 
-__all__ = ["StreamEvent", "stream_generate"]
+__all__ = ["StreamEvent", "stream_generate", "PrefixDecoder"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,36 @@ class StreamEvent:
     token: int | None
     text: str
     finished: bool = False
+
+
+class PrefixDecoder:
+    """The streaming decoder for a tokenizer without `stream_decoder()` (e.g. SentencePiece): decode the row's ids
+    so far and emit what the text gained, holding back trailing U+FFFD (bytes of a character still incomplete).
+    The pieces joined equal `decode(ids)` by construction; the cost is one decode of the row per token."""
+
+    def __init__(self, tokenizer):
+        self.decode, self.ids, self.sent = tokenizer.decode, [], ""
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        text = self.decode(self.ids)
+        stable = text.rstrip("\ufffd")
+        if not stable.startswith(self.sent):      # rare: a later token rewrote earlier text; wait for flush
+            return ""
+        piece, self.sent = stable[len(self.sent):], stable
+        return piece
+
+    def flush(self) -> str:
+        text = self.decode(self.ids)
+        if not text.startswith(self.sent):
+            raise ValueError("the tokenizer's decode changed text already streamed; cannot stream it")
+        piece, self.ids, self.sent = text[len(self.sent):], [], ""
+        return piece
+
+
+def _stream_decoder(tokenizer):
+    make = getattr(tokenizer, "stream_decoder", None)
+    return make() if make is not None else PrefixDecoder(tokenizer)
 
 
 def _prompt_ids(tokenizer, prompt) -> list[list[int]]:
@@ -65,7 +95,7 @@ def stream_generate(model, tokenizer, prompt, config: GenerationConfig | None = 
         raise ValueError(f"stream_generate streams one sequence per prompt; got num_return_sequences="
                          f"{config.num_return_sequences}")
     prompt = prepare_prompt(model, _prompt_ids(tokenizer, prompt), config)
-    decoders = [tokenizer.stream_decoder() for _ in range(prompt.batch_size)]
+    decoders = [_stream_decoder(tokenizer) for _ in range(prompt.batch_size)]
     done = np.zeros(prompt.batch_size, dtype=bool)
     rng = backends.rng(config.seed)
     for tokens, finished in decode_steps(model, prompt, config, rng, tokenizer.decode):

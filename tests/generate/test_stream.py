@@ -88,3 +88,17 @@ def test_stop_string_ends_the_stream(model, tokenizer):
 def test_streaming_refuses_beam_search(model, tokenizer):
     with pytest.raises(ValueError, match="greedy decoding and sampling"):
         list(stream_generate(model, tokenizer, "the", num_beams=2, max_new_tokens=3))
+
+
+def test_tokenizer_without_a_stream_decoder(model, tokenizer):
+    """Only encode/decode (as SentencePiece offers): the prefix decoder still joins to decode(tokens)."""
+    class Plain:
+        encode, decode = staticmethod(tokenizer.encode), staticmethod(tokenizer.decode)
+    for seed in range(3):
+        kwargs = dict(max_new_tokens=30, do_sample=True, top_k=0, temperature=3.0, seed=seed)
+        events = list(stream_generate(model, Plain(), "héllo", **kwargs))
+        tokens = [e.token for e in events if e.token is not None]
+        assert tokens == [e.token for e in stream_generate(model, tokenizer, "héllo", **kwargs)
+                          if e.token is not None]
+        assert "".join(e.text for e in events) == tokenizer.decode(tokens)
+        assert all("\ufffd" not in e.text[-1:] or e.finished or e.token is None for e in events)
