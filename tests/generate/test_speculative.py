@@ -87,6 +87,16 @@ def test_greedy_is_the_target_greedy_output(models):
     assert (plain.sequences[0, PROMPTS.shape[1]:] == eos).any()
 
 
+def test_greedy_with_context_processors_is_the_target_greedy_output(models):
+    """Processors that read the context see, at draft position i, the tokens before it (drafts included)."""
+    _, folders = models
+    target, near = scratch.models.load(folders["target"]), scratch.models.load(folders["near"])
+    kw = dict(max_new_tokens=16, pad_token_id=PAD, repetition_penalty=1.3, no_repeat_ngram_size=2, min_new_tokens=3,
+              eos_token_id=37)
+    out = generate(target, PROMPTS[:1], draft_model=near, **kw)
+    np.testing.assert_array_equal(out.sequences, generate(target, PROMPTS[:1], **kw).sequences)
+
+
 def test_greedy_equals_transformers_assisted_generation(models):
     hf, folders = models
     target, near = scratch.models.load(folders["target"]), scratch.models.load(folders["near"])
