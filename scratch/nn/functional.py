@@ -49,7 +49,13 @@ def linear(x, w, b=None):
     if x.shape[-1] != w.shape[0]:
         raise ValueError(f"linear: x has {x.shape[-1]} input channels but w is {tuple(w.shape)} "
                          f"(weights are stored (C_in, C_out); transpose torch nn.Linear weights at load)")
-    y = xp.matmul(x, w)  # (..., C_in) @ (C_in, C_out) -> (..., C_out)
+    if x.ndim > 2:
+        # subtle: (B, T, C) @ (C, N) is B separate matrix products to NumPy's matmul (B matrix-vector products when
+        # T == 1, as in batched decoding); one (B*T, C) @ (C, N) product is one BLAS call and ~4x faster at B = 16.
+        lead = tuple(x.shape[:-1])
+        y = xp.reshape(xp.matmul(xp.reshape(x, (-1, x.shape[-1])), w), lead + (w.shape[1],))
+    else:
+        y = xp.matmul(x, w)  # (..., C_in) @ (C_in, C_out) -> (..., C_out)
     return y if b is None else y + b
 
 
