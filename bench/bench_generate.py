@@ -5,10 +5,11 @@ same folder: GPT-2 124M (GPT2Config()) and a small GPT-2 (4 layers, width 256, v
 overhead, not the weights, dominates). For each: greedy, top-k + top-p sampling (top_k=50, top_p=0.9) and, when
 scratch.generate.beam exists, beam search with 4 beams (batch 1); batch 1 and batch 8 (left-padded prompts of
 different lengths). Tokens/s = returned new tokens (B x max_new_tokens; EOS is disabled so both run every step) /
-wall time of the whole call, prompt prefill included. Each figure is the median of alternating rounds (ours, transformers, ours,
-...), so a burst of load from other processes hits both alike; timings are noisy on shared cores all the same.
+wall time of the whole call, prompt prefill included. Each figure is the median of alternating rounds (ours,
+transformers, ours, ...), so a burst of load from other processes hits both alike; timings are noisy on shared cores
+all the same.
 The 124M batch-1 greedy step is also set against the memory roofline (weight bytes / measured bandwidth).
-Run:  python bench/bench_generate.py [--quick] [--only small|124m] [--backend numpy|cupy]
+Run:  python bench/bench_generate.py [--quick] [--only small|124m] [--backend numpy|cupy] [--blas-threads N]
 """
 from __future__ import annotations
 
@@ -138,7 +139,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-tokens", type=int, default=None, help="new tokens per row (default 32, quick 16)")
     parser.add_argument("--prompt-len", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds per figure (default 3, quick 1)")
+    parser.add_argument("--blas-threads", type=int, default=None, metavar="N",
+                        help="threads of NumPy's BLAS (default: one per core). With other processes on the cores, "
+                             "1 can be several times faster than 2: OpenBLAS threads wait for each other every call")
     args = parser.parse_args(argv)
+    if args.blas_threads is not None:   # must happen before the first `import numpy`
+        for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[name] = str(args.blas_threads)
     args.new_tokens = args.new_tokens or (16 if args.quick else 32)
     args.rounds = args.rounds or (1 if args.quick else 3)
 
@@ -147,8 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     torch.set_num_threads(THREADS)
-    print(f"decoding bench: float32, PyTorch {THREADS} threads (torch {torch.__version__}, transformers "
-          f"{transformers.__version__}, numpy {np.__version__}); ours on {args.backend}; load average "
+    blas = args.blas_threads if args.blas_threads is not None else f"default ({os.cpu_count()} cores)"
+    print(f"decoding bench: float32, PyTorch {THREADS} threads, NumPy BLAS threads {blas} (torch "
+          f"{torch.__version__}, transformers {transformers.__version__}, numpy {np.__version__}); ours on "
+          f"{args.backend}; load average "
           f"{os.getloadavg()[0]:.1f} (other processes share the cores: figures are noisy)")
     results: list = []
     if args.only in (None, "small"):
