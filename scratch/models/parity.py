@@ -124,9 +124,11 @@ def _model_checks(rng: np.random.Generator, folder: Path | None) -> list[tuple[s
             size = getattr(model.config, "vocab_size", 100)
             sample = np.random.default_rng(0).integers(0, size, (1, 16))
             out = model(sample)
-            return getattr(out, "last_hidden_state", out)   # an encoder (BERT) returns an output object
+            if hasattr(out, "last_hidden_state"):         # an encoder (BERT) returns an output object
+                return out.last_hidden_state if out.logits is None else out.logits
+            return out
 
-        checks.append((f"{Path(folder).name} logits", 1e-4, folder_logits))
+        checks.append((f"{Path(folder).name} output", 1e-4, folder_logits))
     return checks
 
 

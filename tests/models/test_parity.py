@@ -28,7 +28,7 @@ def test_cli_prints_the_table_and_exits_0(capsys, tmp_path):
     assert cli.main(["parity", "--backends", "numpy", "strict", "--model", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "max abs err" in out and "PASS" in out and "FAIL" not in out
-    assert f"{tmp_path.name} logits" in out
+    assert f"{tmp_path.name} output" in out
 
 
 def test_a_disagreeing_backend_fails_with_exit_1(monkeypatch, capsys):
