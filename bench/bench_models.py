@@ -5,7 +5,7 @@ save_pretrained to a temporary folder; ours is loaded from that folder, so both 
   (a) prefill: logits for 512 tokens in one call, ours vs PyTorch (bar: ours within 1.3x).
   (b) decode: one token per step with the KV cache after a 64-token prompt, ours vs transformers' forward loop with
       its own cache (bar: ours >= 1.5x faster), and the fraction of the memory roofline reached: each step streams
-      every weight once (~498 MB of float32), so time >= bytes / bandwidth, bandwidth measured here with a large
+      every weight once (~495 MB of float32), so time >= bytes / bandwidth, bandwidth measured here with a large
       matrix-vector product (the same access pattern).
   (c) ours: time per new token with the cache vs without it (a full forward over the context) as the context
       grows from 64 to 1,024 tokens.
