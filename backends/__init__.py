@@ -121,6 +121,8 @@ def of(*arrays) -> Backend:
         kind = array_kind(array)
         if kind is not None:
             kinds.setdefault(kind, position)
+    if len(kinds) == 1:  # the common case, first: one backend owns everything
+        return _loaded.get(next(iter(kinds))) or get(next(iter(kinds)))
     if len(kinds) > 1:
         detail = ", ".join(f"argument {position} is {kind}" for kind, position in kinds.items())
         raise MixedBackendError(f"mixed backends in one computation: {detail}; move arrays with backend.asarray()")

@@ -35,21 +35,30 @@ class MixedBackendError(BackendError, TypeError):
 DTYPE_NAMES = ("float16", "float32", "float64", "int8", "int32", "int64", "uint8", "bool")
 
 
+_KIND_OF_TYPE: dict[type, str | None] = {}  # every forward pass asks this many times: remember each type's answer
+
+
 def array_kind(array) -> str | None:
     """Which backend an array belongs to ("numpy", "strict", "cupy"), or None for Python scalars.
 
     Decided by the array's type, without importing optional libraries that were never loaded.
     """
+    kind_of_type = type(array)
+    if kind_of_type in _KIND_OF_TYPE:
+        return _KIND_OF_TYPE[kind_of_type]
     if isinstance(array, (bool, int, float, complex)):
-        return None
-    if isinstance(array, (np.ndarray, np.generic)):
-        return "numpy"
-    module = type(array).__module__
-    if module.startswith("array_api_strict"):
-        return "strict"
-    if module.startswith("cupy"):
-        return "cupy"
-    raise MixedBackendError(f"expected an array from a known backend, got {type(array).__module__}.{type(array).__name__}")
+        kind = None
+    elif isinstance(array, (np.ndarray, np.generic)):
+        kind = "numpy"
+    elif kind_of_type.__module__.startswith("array_api_strict"):
+        kind = "strict"
+    elif kind_of_type.__module__.startswith("cupy"):
+        kind = "cupy"
+    else:
+        raise MixedBackendError(
+            f"expected an array from a known backend, got {kind_of_type.__module__}.{kind_of_type.__name__}")
+    _KIND_OF_TYPE[kind_of_type] = kind
+    return kind
 
 
 class Backend:

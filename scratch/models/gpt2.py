@@ -282,7 +282,7 @@ def forward(model: GPT2, input_ids, cache: KVCache | None = None, attention_mask
     if cache is not None:
         cache.advance(T)
     x = layer_norm(x, model.ln_f_w, model.ln_f_b, model.config.layer_norm_epsilon)
-    return xp.matmul(x, model.head)                                     # (B, T, C) @ (C, V) -> (B, T, V)
+    return linear(x, model.head)                                        # (B, T, C) @ (C, V) -> (B, T, V), one BLAS call
 
 
 def block(config: GPT2Config, layer: GPT2Layer, x, mask, cache: KVCache | None, index: int):

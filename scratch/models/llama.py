@@ -158,7 +158,7 @@ def forward(model: Llama, input_ids, cache: KVCache | None = None, attention_mas
     if cache is not None:
         cache.advance(T)
     x = rms_norm(x, model.norm_w, model.config.rms_norm_eps)
-    return xp.matmul(x, model.head)                                     # (B, T, C) @ (C, V) -> (B, T, V)
+    return linear(x, model.head)                                        # (B, T, C) @ (C, V) -> (B, T, V), one BLAS call
 
 
 def block(config: LlamaConfig, layer: LlamaLayer, x, cos, sin, mask, cache: KVCache | None, index: int):
