@@ -104,18 +104,44 @@ def split_isolated(pieces: list[str], compiled: regex.Pattern) -> list[str]:
     return out
 
 
+_ALL_WHITESPACE = regex.compile(r"\s+").fullmatch
+
+
+def gpt4_findall_fast(text: str) -> list[str]:
+    """`findall` of the published GPT-4 (cl100k) regex, about 20% faster with the `regex` package.
+
+    The published regex and the original cl100k one (the same as Llama 3's) differ in one place only: `\s++$`
+    makes the text's trailing whitespace a single chunk, where the original regex cuts it after its last newline
+    (" \n " -> " \n", " "). Elsewhere the possessive quantifiers change nothing, because no alternative could
+    backtrack usefully there. So: split with the faster original regex, then join the trailing whitespace chunks.
+    The published regex stays the oracle: a property test checks the two agree on any text.
+    """
+    chunks = compile_pattern(PATTERNS["llama3"]).findall(text)
+    first_trailing = len(chunks)
+    # subtle: the regex's \s, not str.isspace (which also counts \x1c-\x1f)
+    while first_trailing > 0 and _ALL_WHITESPACE(chunks[first_trailing - 1]):
+        first_trailing -= 1
+    if first_trailing < len(chunks) - 1:
+        chunks[first_trailing:] = ["".join(chunks[first_trailing:])]
+    return chunks
+
+
+# Published regex -> an equivalent, faster splitter (each property-tested against its regex).
+_FAST_FINDALL = {PATTERNS["gpt4"]: gpt4_findall_fast}
+
+
 def apply_pattern(pieces: list[str], pattern: str | tuple[str, ...]) -> list[str]:
     """The chunks of every piece under `pattern`, in order, with no long-run cutting (see pretokenize)."""
     if isinstance(pattern, (tuple, list)):
         for each in pattern:
             pieces = split_isolated(pieces, compile_pattern(each))
         return pieces
-    compiled = compile_pattern(pattern)
+    findall = _FAST_FINDALL.get(PATTERNS.get(pattern, pattern)) or compile_pattern(pattern).findall
     if len(pieces) == 1:
-        return compiled.findall(pieces[0])
+        return findall(pieces[0])
     chunks: list[str] = []
     for piece in pieces:
-        chunks.extend(compiled.findall(piece))
+        chunks.extend(findall(piece))
     return chunks
 
 

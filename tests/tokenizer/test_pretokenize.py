@@ -77,3 +77,23 @@ def test_long_runs_are_cut_only_when_a_chunk_would_be_too_long():
     spaces = pretokenize(" " * 12 + "x", "gpt4", max_run=5)
     assert "".join(spaces) == " " * 12 + "x" and max(map(len, spaces)) <= 5
     assert pretokenize("1234567x", (r"\d+",), max_run=3) == ["123", "456", "7", "x"]
+
+
+# The fast GPT-4 splitter against the published regex (its oracle). Whitespace-heavy alphabets, with the
+# characters where str.isspace and the regex's \s disagree (\x1c-\x1f), and trailing runs.
+_WS_TEXT = st.lists(st.sampled_from(list(" \t\n\r\x0b\x0c\x1c\x1d\x85\u00a0\u2028ab1.'") + ["'s", "\U0001F600"]),
+                    max_size=30).map("".join)
+
+
+@given(st.one_of(_WS_TEXT, st.text(max_size=40)))
+def test_fast_gpt4_splitter_equals_the_published_regex(text):
+    from scratch.tokenizer.pretokenize import PATTERNS, compile_pattern, gpt4_findall_fast
+
+    assert gpt4_findall_fast(text) == compile_pattern(PATTERNS["gpt4"]).findall(text)
+
+
+def test_fast_gpt4_splitter_joins_trailing_whitespace():
+    from scratch.tokenizer.pretokenize import gpt4_findall_fast
+
+    assert gpt4_findall_fast("a \n ") == ["a", " \n "]
+    assert gpt4_findall_fast("a\n \x1c") == ["a", "\n", " \x1c"]
