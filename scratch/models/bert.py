@@ -17,6 +17,7 @@ import numpy as np
 
 import backends
 from scratch.models.config import BertConfig
+from scratch.models.inputs import token_ids
 from scratch.nn import attention, embedding, gelu, gelu_tanh, layer_norm, linear, merge_heads, padding_mask, silu
 from scratch.nn import split_heads
 
@@ -83,13 +84,6 @@ def _relu(x):
 _ACTIVATIONS = {"gelu": gelu, "gelu_new": gelu_tanh, "gelu_pytorch_tanh": gelu_tanh, "relu": _relu, "silu": silu}
 
 
-def _is_integer_dtype(xp, dtype) -> bool:
-    isdtype = getattr(xp, "isdtype", None)          # the standard's test (Array API 2023.12); older CuPy lacks it
-    if isdtype is not None:
-        return isdtype(dtype, "integral")
-    return np.issubdtype(np.dtype(dtype), np.integer)
-
-
 # --- the model -----------------------------------------------------------------------------------------------------
 
 class Bert:
@@ -119,24 +113,8 @@ class Bert:
 
     # --- inputs: host or backend arrays in, checked, on the backend out ------------------------------------------
     def _ids(self, values, name: str, upper: int, shape=None):
-        """Integer ids (B, T) on the backend. Host input is range-checked here; a backend array is trusted (a check
-        would cost a device sync per call)."""
-        if isinstance(values, (list, tuple)) or backends.array_kind(values) in (None, "numpy"):
-            host = np.asarray(values)
-            if host.ndim != 2:
-                raise ValueError(f"{name} must be (B, T), got shape {host.shape}")
-            if host.size and not np.issubdtype(host.dtype, np.integer):
-                raise ValueError(f"{name} must hold integers, got dtype {host.dtype}")
-            if host.size and (host.min() < 0 or host.max() >= upper):
-                bad = host[(host < 0) | (host >= upper)][0]
-                raise ValueError(f"{name} holds {int(bad)}, outside [0, {upper})")
-            values = self.backend.asarray(host, dtype="int64")
-        else:
-            xp = self.backend.namespace_of(values)
-            if values.ndim != 2:
-                raise ValueError(f"{name} must be (B, T), got shape {tuple(values.shape)}")
-            if not _is_integer_dtype(xp, values.dtype):
-                raise ValueError(f"{name} must hold integers, got dtype {values.dtype}")
+        """Integer ids (B, T) on the backend (checked by models.inputs.token_ids), optionally of a given shape."""
+        values = token_ids(self.backend, values, upper, name)
         if shape is not None and tuple(values.shape) != shape:
             raise ValueError(f"{name} has shape {tuple(values.shape)} but input_ids has shape {shape}")
         return values

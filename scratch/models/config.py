@@ -367,6 +367,11 @@ def config_from_hf(d: dict[str, Any]) -> Config:
 
 def load_config(folder: str | Path) -> Config:
     """Read `folder/config.json` (a Hugging Face model folder) into a config."""
+    return config_from_hf(read_config_json(folder))
+
+
+def read_config_json(folder: str | Path) -> dict:
+    """The JSON object in `folder/config.json`, with errors that name the file."""
     path = Path(folder) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"no config.json in {Path(folder)}")
@@ -376,7 +381,7 @@ def load_config(folder: str | Path) -> Config:
         raise ValueError(f"{path} is not valid JSON: {error}") from None
     if not isinstance(d, dict):
         raise ValueError(f"{path} must hold a JSON object, got {type(d).__name__}")
-    return config_from_hf(d)
+    return d
 
 
 def save_config(config: Config, folder: str | Path) -> Path:

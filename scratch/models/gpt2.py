@@ -17,6 +17,7 @@ import numpy as np
 
 import backends
 from scratch.models.config import GPT2Config
+from scratch.models.inputs import token_ids
 from scratch.nn import (
     KVCache,
     attention,
@@ -89,25 +90,6 @@ def put(backend: backends.Backend, host: np.ndarray, dtype: str):
     """
     owned = host.flags.owndata and host.flags.c_contiguous and not isinstance(host, np.memmap)
     return backend.asarray(host if owned else np.array(host, order="C"), dtype=dtype)
-
-
-def token_ids(backend: backends.Backend, input_ids, n_vocab: int):
-    """(B, T) integer ids on the backend. Host input is checked here (shape, integer, range); a backend array is
-    trusted -- checking its range would cost a device sync on every decoding step."""
-    if isinstance(input_ids, (list, tuple)) or backends.array_kind(input_ids) in (None, "numpy"):
-        host = np.asarray(input_ids)
-        if host.ndim != 2:
-            raise ValueError(f"input_ids must be (B, T), got shape {host.shape}")
-        if host.size and not np.issubdtype(host.dtype, np.integer):
-            raise ValueError(f"input_ids must hold integers, got dtype {host.dtype}")
-        if host.size and (host.min() < 0 or host.max() >= n_vocab):
-            bad = host[(host < 0) | (host >= n_vocab)][0]
-            raise ValueError(f"input_ids holds token id {int(bad)}, outside the vocabulary [0, {n_vocab})")
-        return backend.asarray(host, dtype="int64")
-    xp = backend.namespace_of(input_ids)
-    if input_ids.ndim != 2:
-        raise ValueError(f"input_ids must be (B, T), got shape {tuple(input_ids.shape)}")
-    return input_ids if input_ids.dtype == xp.int64 else xp.astype(input_ids, xp.int64)
 
 
 def positions_and_mask(backend: backends.Backend, B: int, T: int, past: int, attention_mask):

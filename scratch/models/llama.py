@@ -25,8 +25,8 @@ from scratch.models.gpt2 import (
     check_length,
     positions_and_mask,
     put,
-    token_ids,
 )
+from scratch.models.inputs import token_ids
 from scratch.nn import (
     KVCache,
     apply_rope,

@@ -13,7 +13,7 @@ import importlib
 import json
 from pathlib import Path
 
-from scratch.models.config import BertConfig, GPT2Config, LlamaConfig, config_from_hf
+from scratch.models.config import BertConfig, GPT2Config, LlamaConfig, config_from_hf, read_config_json
 from scratch.models.safetensors import load_folder
 
 __all__ = ["ARCHITECTURES", "load", "from_config", "architecture_of"]
@@ -32,19 +32,6 @@ ARCHITECTURES: dict[str, str] = {
 _DEFAULT_ARCHITECTURE = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "bert": "BertForMaskedLM"}
 _CONFIG_MODULES = {GPT2Config: "scratch.models.gpt2", LlamaConfig: "scratch.models.llama",
                    BertConfig: "scratch.models.bert"}
-
-
-def _read_config_json(folder: Path) -> dict:
-    path = folder / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no config.json in {folder}")
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from None
-    if not isinstance(d, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(d).__name__}")
-    return d
 
 
 def architecture_of(d: dict) -> str:
@@ -73,7 +60,7 @@ def load(folder, backend="numpy", dtype="float32"):
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"model folder {folder} does not exist")
-    d = _read_config_json(folder)
+    d = read_config_json(folder)
     module = importlib.import_module(ARCHITECTURES[architecture_of(d)])
     config = config_from_hf(d)
     weights = load_folder(folder)   # memory-mapped host arrays; the model casts each to `dtype` on transfer
