@@ -248,7 +248,6 @@ class GPT2:
 
 def forward(model: GPT2, input_ids, cache: KVCache | None = None, attention_mask=None):
     """Logits (B, T, V) for the T new tokens; with a cache, their keys/values are appended to it."""
-    xp = model.backend.xp
     ids = token_ids(model.backend, input_ids, model.n_vocab)            # (B, T) int64
     B, T = ids.shape
     past = 0 if cache is None else cache.length

@@ -10,7 +10,6 @@ quantised checkpoints.
 from __future__ import annotations
 
 import importlib
-import json
 from pathlib import Path
 
 from scratch.models.config import BertConfig, GPT2Config, LlamaConfig, config_from_hf, read_config_json

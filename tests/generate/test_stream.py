@@ -2,7 +2,6 @@
 when tokens cut multi-byte UTF-8 characters (the streaming decoder holds bytes back); batches stream per row."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 import scratch.models

@@ -4,16 +4,16 @@ decode step by step next to transformers' own cache. Also the parameter count an
 convention (dtype, shapes, input errors)."""
 from __future__ import annotations
 
-import inspect
 import numpy as np
 import pytest
 import torch
 import transformers
 
 import scratch.models
+from tests.models.causal_lm import (ATOL, check_blocked_prefill, check_left_padding, check_logits, hf_step,
+                                     random_ids)
 from scratch.models import GPT2Config, gpt2
 
-ATOL = 1e-4  # float32 vs float32; observed ~3e-7 (summation order inside matmuls)
 # initializer_range 0.1 (not 0.02) so activations are large enough that a wrong GELU or eps would exceed ATOL.
 HF_KW = dict(vocab_size=211, n_positions=48, n_embd=64, n_layer=2, n_head=4, initializer_range=0.1,
              bos_token_id=0, eos_token_id=0)
@@ -33,65 +33,20 @@ def hf_gpt2(tmp_path_factory):
     return model, folder
 
 
-def hf_step(hf, ids, past):
-    """One transformers forward with its cache: transformers 5 names the argument and the output `cache`, 4 named
-    them `past_key_values` (still accepted, deprecated, by 5)."""
-    key = "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
-    out = hf(ids, use_cache=True, **{key: past})
-    return out.logits.numpy(), getattr(out, key)
-
-
 def _ids(B=2, T=40, seed=0):
-    return np.random.default_rng(seed).integers(0, HF_KW["vocab_size"], (B, T))
+    return random_ids(HF_KW["vocab_size"], B, T, seed)
 
 
 def test_logits_match_transformers(hf_gpt2, backend):
-    hf, folder = hf_gpt2
-    model = scratch.models.load(folder, backend=backend)
-    ids = _ids()
-    logits = model(ids)
-    assert backend.owns(logits)
-    assert logits.dtype == backend.xp.float32
-    assert tuple(logits.shape) == (2, 40, HF_KW["vocab_size"])
-    with torch.no_grad():
-        ref = hf(torch.tensor(ids)).logits.numpy()
-    np.testing.assert_allclose(backend.to_numpy(logits), ref, atol=ATOL, rtol=0)
-
+    check_logits(*hf_gpt2, backend, HF_KW["vocab_size"])
 
 
 def test_blocked_prefill_matches_transformers(hf_gpt2, monkeypatch):
-    """A prefill longer than the attention block goes through the blocked causal path (block 8 here, 128 in use)."""
-    hf, folder = hf_gpt2
-    monkeypatch.setattr(gpt2, "PREFILL_BLOCK", 8)
-    model = scratch.models.load(folder)
-    ids = _ids(2, 37, seed=4)
-    mask = np.ones_like(ids)
-    mask[1, :11] = 0
-    positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
-    with torch.no_grad():
-        ref = hf(torch.tensor(ids)).logits.numpy()
-        ref_padded = hf(torch.tensor(ids), attention_mask=torch.tensor(mask),
-                        position_ids=torch.tensor(positions)).logits.numpy()
-    np.testing.assert_allclose(model(ids), ref, atol=ATOL, rtol=0)
-    real = mask.astype(bool)
-    np.testing.assert_allclose(model(ids, attention_mask=mask)[real], ref_padded[real], atol=ATOL, rtol=0)
+    check_blocked_prefill(*hf_gpt2, monkeypatch, HF_KW["vocab_size"])
+
 
 def test_left_padding_matches_transformers(hf_gpt2, backend):
-    """transformers given the same mask and the cumsum-1 position ids; only real positions are compared."""
-    hf, folder = hf_gpt2
-    model = scratch.models.load(folder, backend=backend)
-    ids = _ids(3, 20, seed=1)
-    mask = np.ones_like(ids)
-    mask[1, :5] = 0
-    mask[2, :12] = 0
-    ours = backend.to_numpy(model(ids, attention_mask=mask))
-    positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
-    with torch.no_grad():
-        ref = hf(torch.tensor(ids), attention_mask=torch.tensor(mask),
-                 position_ids=torch.tensor(positions)).logits.numpy()
-    real = mask.astype(bool)
-    np.testing.assert_allclose(ours[real], ref[real], atol=ATOL, rtol=0)
-    assert np.isfinite(ours).all()  # padding query rows attend to nothing: zeros, not NaN
+    check_left_padding(*hf_gpt2, backend, HF_KW["vocab_size"], T=20, pads=(5, 12))
 
 
 def test_cached_decode_matches_transformers_cache(hf_gpt2, backend):

@@ -5,17 +5,16 @@ biases. Sequences run past 10 tokens (RoPE angles wrap), left padding, and a cac
 own cache."""
 from __future__ import annotations
 
-import inspect
 import numpy as np
 import pytest
 import torch
 import transformers
 
 import scratch.models
+from tests.models.causal_lm import (ATOL, check_blocked_prefill, check_left_padding, check_logits, hf_step,
+                                     random_ids)
 from scratch.models import LlamaConfig, llama
-from scratch.models import gpt2 as gpt2_module  # owns PREFILL_BLOCK
 
-ATOL = 1e-4  # float32 vs float32; observed ~3e-7
 BASE = dict(vocab_size=157, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.1)
 VARIANTS = {
@@ -43,64 +42,20 @@ def hf_llama(request, tmp_path_factory):
     return model, folder
 
 
-def hf_step(hf, ids, past):
-    """One transformers forward with its cache: transformers 5 names the argument and the output `cache`, 4 named
-    them `past_key_values` (still accepted, deprecated, by 5)."""
-    key = "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
-    out = hf(ids, use_cache=True, **{key: past})
-    return out.logits.numpy(), getattr(out, key)
-
-
 def _ids(B=2, T=40, seed=0):
-    return np.random.default_rng(seed).integers(0, BASE["vocab_size"], (B, T))
+    return random_ids(BASE["vocab_size"], B, T, seed)
 
 
 def test_logits_match_transformers(hf_llama, backend):
-    hf, folder = hf_llama
-    model = scratch.models.load(folder, backend=backend)
-    ids = _ids()
-    logits = model(ids)
-    assert backend.owns(logits)
-    assert logits.dtype == backend.xp.float32
-    assert tuple(logits.shape) == (2, 40, BASE["vocab_size"])
-    with torch.no_grad():
-        ref = hf(torch.tensor(ids)).logits.numpy()
-    np.testing.assert_allclose(backend.to_numpy(logits), ref, atol=ATOL, rtol=0)
-
+    check_logits(*hf_llama, backend, BASE["vocab_size"])
 
 
 def test_blocked_prefill_matches_transformers(hf_llama, monkeypatch):
-    """A prefill longer than the attention block goes through the blocked causal path (block 8 here, 128 in use)."""
-    hf, folder = hf_llama
-    monkeypatch.setattr(gpt2_module, "PREFILL_BLOCK", 8)
-    model = scratch.models.load(folder)
-    ids = _ids(2, 37, seed=4)
-    mask = np.ones_like(ids)
-    mask[1, :11] = 0
-    positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
-    with torch.no_grad():
-        ref = hf(torch.tensor(ids)).logits.numpy()
-        ref_padded = hf(torch.tensor(ids), attention_mask=torch.tensor(mask),
-                        position_ids=torch.tensor(positions)).logits.numpy()
-    np.testing.assert_allclose(model(ids), ref, atol=ATOL, rtol=0)
-    real = mask.astype(bool)
-    np.testing.assert_allclose(model(ids, attention_mask=mask)[real], ref_padded[real], atol=ATOL, rtol=0)
+    check_blocked_prefill(*hf_llama, monkeypatch, BASE["vocab_size"])
+
 
 def test_left_padding_matches_transformers(hf_llama, backend):
-    hf, folder = hf_llama
-    model = scratch.models.load(folder, backend=backend)
-    ids = _ids(3, 24, seed=1)
-    mask = np.ones_like(ids)
-    mask[1, :4] = 0
-    mask[2, :13] = 0
-    ours = backend.to_numpy(model(ids, attention_mask=mask))
-    positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
-    with torch.no_grad():
-        ref = hf(torch.tensor(ids), attention_mask=torch.tensor(mask),
-                 position_ids=torch.tensor(positions)).logits.numpy()
-    real = mask.astype(bool)
-    np.testing.assert_allclose(ours[real], ref[real], atol=ATOL, rtol=0)
-    assert np.isfinite(ours).all()
+    check_left_padding(*hf_llama, backend, BASE["vocab_size"], T=24, pads=(4, 13))
 
 
 def test_cached_decode_matches_transformers_cache(hf_llama):

@@ -1,0 +1,72 @@
+"""Checks shared by the GPT-2 and Llama tests: a transformers causal LM and ours, loaded from the same folder, give
+the same logits -- full forward, blocked prefill, left padding -- and transformers' cached step, whichever name its
+version gives the cache argument."""
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import torch
+
+import scratch.models
+from scratch.models import gpt2 as gpt2_module  # owns PREFILL_BLOCK, used by both models
+
+ATOL = 1e-4  # float32 vs float32; observed ~3e-7 (summation order inside matmuls)
+
+
+def hf_step(hf, ids, past):
+    """One transformers forward with its cache: transformers 5 names the argument and the output `cache`, 4 named
+    them `past_key_values` (still accepted, deprecated, by 5)."""
+    key = "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
+    out = hf(ids, use_cache=True, **{key: past})
+    return out.logits.numpy(), getattr(out, key)
+
+
+def random_ids(vocab_size: int, B=2, T=40, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, vocab_size, (B, T))
+
+
+def check_logits(hf, folder, backend, vocab_size: int):
+    model = scratch.models.load(folder, backend=backend)
+    ids = random_ids(vocab_size)
+    logits = model(ids)
+    assert backend.owns(logits)
+    assert logits.dtype == backend.xp.float32
+    assert tuple(logits.shape) == (2, 40, vocab_size)
+    with torch.no_grad():
+        ref = hf(torch.tensor(ids)).logits.numpy()
+    np.testing.assert_allclose(backend.to_numpy(logits), ref, atol=ATOL, rtol=0)
+
+
+def check_blocked_prefill(hf, folder, monkeypatch, vocab_size: int):
+    """A prefill longer than the attention block goes through the blocked causal path (block 8 here, 128 in use)."""
+    monkeypatch.setattr(gpt2_module, "PREFILL_BLOCK", 8)
+    model = scratch.models.load(folder)
+    ids = random_ids(vocab_size, 2, 37, seed=4)
+    mask = np.ones_like(ids)
+    mask[1, :11] = 0
+    positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
+    with torch.no_grad():
+        ref = hf(torch.tensor(ids)).logits.numpy()
+        ref_padded = hf(torch.tensor(ids), attention_mask=torch.tensor(mask),
+                        position_ids=torch.tensor(positions)).logits.numpy()
+    np.testing.assert_allclose(model(ids), ref, atol=ATOL, rtol=0)
+    real = mask.astype(bool)
+    np.testing.assert_allclose(model(ids, attention_mask=mask)[real], ref_padded[real], atol=ATOL, rtol=0)
+
+
+def check_left_padding(hf, folder, backend, vocab_size: int, T: int, pads: tuple[int, int]):
+    """transformers given the same mask and the cumsum-1 position ids; only real positions are compared."""
+    model = scratch.models.load(folder, backend=backend)
+    ids = random_ids(vocab_size, 3, T, seed=1)
+    mask = np.ones_like(ids)
+    mask[1, :pads[0]] = 0
+    mask[2, :pads[1]] = 0
+    ours = backend.to_numpy(model(ids, attention_mask=mask))
+    positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
+    with torch.no_grad():
+        ref = hf(torch.tensor(ids), attention_mask=torch.tensor(mask),
+                 position_ids=torch.tensor(positions)).logits.numpy()
+    real = mask.astype(bool)
+    np.testing.assert_allclose(ours[real], ref[real], atol=ATOL, rtol=0)
+    assert np.isfinite(ours).all()  # padding query rows attend to nothing: zeros, not NaN
