@@ -8,7 +8,7 @@ where h_v is v's last hidden state (after the final norm) and h_j are the hidden
 `penalty_alpha`, k is `top_k`; with alpha = 0 it is greedy decoding. Contrastive search left transformers' core in
 v5 (it moved to the hub); this follows transformers 4's `_contrastive_search` (processors on the logits, the k
 candidates batched as B * k rows over a copy of the cache, the chosen row kept) and is tested against a plain
-uncached oracle. The models return logits only, so the hidden states are read by a wrapper (`with_hidden_states`).
+uncached oracle. The hidden states come from the models' `hidden_states` (the forward without its output head).
 """
 from __future__ import annotations
 
@@ -19,27 +19,18 @@ import numpy as np  # host side only: token ids, masks, stopping
 import backends
 from scratch.generate.beam import top_k
 from scratch.generate.processors import apply, build_processors, softmax
+from scratch.nn import linear
 
 __all__ = ["contrastive_search", "with_hidden_states", "degeneration_penalty"]
 
 
 def with_hidden_states(model):
-    """A function ids, cache, mask -> (hidden (B, T, C), logits (B, T, V)) for a GPT-2 or Llama model.
-
-    Both models end their forward with `final_norm(x) @ model.head`. A copy of the model whose `head` is the
-    (C, C) identity returns final_norm(x) itself (x @ I is exact); the logits are then the very matmul the model
-    does. Subtle: this relies on that last line; a `return_hidden=True` option on the models would be cleaner.
-    """
-    xp = model.backend.xp
-    C = model.head.shape[0]
-    eye = xp.eye(C, dtype=model.head.dtype)
-    hidden_class = type(f"{type(model).__name__}Hidden", (type(model),), {"head": property(lambda self: eye)})
-    proxy = object.__new__(hidden_class)
-    proxy.__dict__.update(model.__dict__)          # the same weights (no copy)
+    """A function ids, cache, mask -> (hidden (B, T, C), logits (B, T, V)) for a GPT-2 or Llama model: one forward
+    to the final-normed hidden states (`model.hidden_states`), then the very head product the model's own call does."""
 
     def run(ids, cache=None, attention_mask=None):
-        hidden = proxy(ids, cache=cache, attention_mask=attention_mask)    # (B, T, C)
-        return hidden, xp.matmul(hidden, model.head)                       # (B, T, C) @ (C, V) -> (B, T, V)
+        hidden = model.hidden_states(ids, cache=cache, attention_mask=attention_mask)   # (B, T, C)
+        return hidden, linear(hidden, model.head)                                      # (B, T, C) @ (C, V) -> (B, T, V)
     return run
 
 

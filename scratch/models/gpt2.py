@@ -245,9 +245,19 @@ class GPT2:
     def __call__(self, input_ids, cache: KVCache | None = None, attention_mask=None):
         return forward(self, input_ids, cache=cache, attention_mask=attention_mask)
 
+    def hidden_states(self, input_ids, cache: KVCache | None = None, attention_mask=None):
+        """The final-normed hidden states (B, T, C) the head reads (contrastive search compares them)."""
+        return hidden_states(self, input_ids, cache=cache, attention_mask=attention_mask)
+
 
 def forward(model: GPT2, input_ids, cache: KVCache | None = None, attention_mask=None):
     """Logits (B, T, V) for the T new tokens; with a cache, their keys/values are appended to it."""
+    x = hidden_states(model, input_ids, cache=cache, attention_mask=attention_mask)   # (B, T, C)
+    return linear(x, model.head)                                        # (B, T, C) @ (C, V) -> (B, T, V), one BLAS call
+
+
+def hidden_states(model: GPT2, input_ids, cache: KVCache | None = None, attention_mask=None):
+    """The last block's output after the final LayerNorm, (B, T, C): everything but the output head."""
     ids = token_ids(model.backend, input_ids, model.n_vocab)            # (B, T) int64
     B, T = ids.shape
     past = 0 if cache is None else cache.length
@@ -262,8 +272,7 @@ def forward(model: GPT2, input_ids, cache: KVCache | None = None, attention_mask
         x = block(model.config, layer, x, mask, cache, i)
     if cache is not None:
         cache.advance(T)
-    x = layer_norm(x, model.ln_f_w, model.ln_f_b, model.config.layer_norm_epsilon)
-    return linear(x, model.head)                                        # (B, T, C) @ (C, V) -> (B, T, V), one BLAS call
+    return layer_norm(x, model.ln_f_w, model.ln_f_b, model.config.layer_norm_epsilon)
 
 
 def block(config: GPT2Config, layer: GPT2Layer, x, mask, cache: KVCache | None, index: int):

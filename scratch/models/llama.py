@@ -138,9 +138,19 @@ class Llama:
     def __call__(self, input_ids, cache: KVCache | None = None, attention_mask=None):
         return forward(self, input_ids, cache=cache, attention_mask=attention_mask)
 
+    def hidden_states(self, input_ids, cache: KVCache | None = None, attention_mask=None):
+        """The final-normed hidden states (B, T, C) the head reads (contrastive search compares them)."""
+        return hidden_states(self, input_ids, cache=cache, attention_mask=attention_mask)
+
 
 def forward(model: Llama, input_ids, cache: KVCache | None = None, attention_mask=None):
     """Logits (B, T, V) for the T new tokens; with a cache, their keys/values are appended to it."""
+    x = hidden_states(model, input_ids, cache=cache, attention_mask=attention_mask)   # (B, T, C)
+    return linear(x, model.head)                                        # (B, T, C) @ (C, V) -> (B, T, V), one BLAS call
+
+
+def hidden_states(model: Llama, input_ids, cache: KVCache | None = None, attention_mask=None):
+    """The last block's output after the final RMSNorm, (B, T, C): everything but the output head."""
     ids = token_ids(model.backend, input_ids, model.n_vocab)            # (B, T) int64
     B, T = ids.shape
     past = 0 if cache is None else cache.length
@@ -156,8 +166,7 @@ def forward(model: Llama, input_ids, cache: KVCache | None = None, attention_mas
         x = block(model.config, layer, x, cos, sin, mask, cache, i)
     if cache is not None:
         cache.advance(T)
-    x = rms_norm(x, model.norm_w, model.config.rms_norm_eps)
-    return linear(x, model.head)                                        # (B, T, C) @ (C, V) -> (B, T, V), one BLAS call
+    return rms_norm(x, model.norm_w, model.config.rms_norm_eps)
 
 
 def block(config: LlamaConfig, layer: LlamaLayer, x, cos, sin, mask, cache: KVCache | None, index: int):
