@@ -35,7 +35,8 @@ def load() -> CupyBackend:
         import cupy
     except ImportError:
         raise BackendUnavailableError(
-            "the cupy backend needs CuPy >= 14, which is not installed (pip install 'scratch-llm[gpu]')"
+            "the cupy backend needs CuPy >= 14, which is not installed "
+            "(pip install 'cupy-cuda12x>=14', or the gpu extra: pip install '.[gpu]' in a checkout)"
         ) from None
     except Exception as error:  # a broken install (missing CUDA libraries) fails inside CuPy's import
         raise BackendUnavailableError(f"the cupy backend could not import CuPy: {error}") from None

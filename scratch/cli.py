@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # Modules that add subcommands, in the order `scratch --help` lists them.
@@ -62,14 +63,18 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    import backends
+
     try:
         return int(args.handler(args) or 0)
-    except (ValueError, KeyError, FileNotFoundError, OSError) as error:
+    except BrokenPipeError:  # `scratch ... | head` closed the pipe: not an error (caught before OSError, its base)
+        # Python flushes stdout again at exit and would complain about the closed pipe: point it at /dev/null.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (ValueError, KeyError, OSError, backends.BackendError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"scratch {args.command}: error: {message}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # `scratch ... | head` closed the pipe: not an error
-        return 0
 
 
 if __name__ == "__main__":

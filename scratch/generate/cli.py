@@ -22,7 +22,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, metavar="FOLDER", help="a Hugging Face model folder (GPT-2 or Llama)")
     p.add_argument("--tokenizer", required=True, metavar="PATH_OR_NAME",
                    help="a tokenizer file or folder (see `scratch tokenizer`), or a name such as cl100k_base")
-    p.add_argument("--backend", default="numpy", help="numpy (default), strict, cupy or auto")
+    p.add_argument("--backend", default=None,
+                   help="numpy, strict, cupy or auto (default: $SCRATCH_BACKEND, else numpy)")
     p.add_argument("--dtype", default="float32", help="float32 (default), float16 or float64")
     p.add_argument("--max-new-tokens", type=int, default=50, metavar="N", help="new tokens at most (default 50)")
     p.add_argument("--seed", type=int, default=0, help="seed of the host generator for sampling (default 0)")
@@ -51,6 +52,18 @@ def register(subparsers) -> None:
     c.set_defaults(handler=_cmd_compare)
 
 
+def _load_causal_lm(folder, args):
+    """A decoder (GPT-2, Llama) on the chosen backend (--backend, else $SCRATCH_BACKEND, else numpy)."""
+    import backends
+    import scratch.models
+
+    model = scratch.models.load(folder, backend=backends.get(args.backend), dtype=args.dtype)
+    if not hasattr(model, "new_cache"):  # BERT: an encoder has no next-token distribution to decode from
+        raise ValueError(f"{folder} holds a {type(model).__name__} model, which cannot generate text "
+                         f"(generation needs a causal LM: GPT-2 or Llama)")
+    return model
+
+
 def _load(args):
     import scratch.models
     from scratch.tokenizer import load_tokenizer
@@ -58,7 +71,7 @@ def _load(args):
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     tokenizer = load_tokenizer(args.tokenizer)
-    model = scratch.models.load(args.model, backend=args.backend, dtype=args.dtype)
+    model = _load_causal_lm(args.model, args)
     ids = tokenizer.encode(args.prompt)
     if not ids:
         raise ValueError("the prompt is empty: give some text to continue")
@@ -132,8 +145,7 @@ def _cmd_generate(args) -> int:
     else:  # speculative
         if not args.draft_model:
             raise ValueError("--strategy speculative needs --draft-model FOLDER")
-        import scratch.models
-        draft = scratch.models.load(args.draft_model, backend=args.backend, dtype=args.dtype)
+        draft = _load_causal_lm(args.draft_model, args)
         kwargs.update(_warpers(args))
         kwargs["do_sample"] = bool(_warpers(args))
     result = generate(model, [ids], draft_model=draft, tokenizer=tokenizer, **kwargs)

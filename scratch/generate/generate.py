@@ -7,7 +7,8 @@ step; processors and warpers (`build_processors`) reshape the last position's sc
 uniform drawn on the host) picks the token, and the stopping rules (EOS, stop strings, length) finish rows one by
 one -- a finished row gets the pad id from then on, exactly as transformers pads it. Beam search, group beam search,
 contrastive search and speculative decoding live in beam.py, contrastive.py and speculative.py and are called from
-`generate` with the same `Prompt`. Not here: output_scores/attentions, assistant-model heuristics, caches that grow.
+`generate` with the same `Prompt`. Not here: recording per-step scores (`GenerateOutput.scores` stays None) or
+attentions, assistant-model heuristics, caches that grow.
 """
 from __future__ import annotations
 

@@ -86,7 +86,7 @@ def _layer_checks(rng: np.random.Generator) -> list[tuple[str, float, Callable]]
         ("mlp_gelu", 1e-5, lambda be: nn.mlp_gelu(*on(be, x, w_fc, b_fc, w_proj, b_proj))),
         ("mlp_swiglu", 1e-5, lambda be: nn.mlp_swiglu(*on(be, x, w_fc, w_up, w_proj))),
         ("rope half (default)", 1e-5, lambda be: rope(be, "half", None)),
-        ("rope interleaved (llama3)", 1e-5, lambda be: rope(be, "interleaved", llama3)),
+        ("rope interleaved, llama3 scaling", 1e-5, lambda be: rope(be, "interleaved", llama3)),
         ("attention causal GQA", 1e-5,
          lambda be: nn.attention(*on(be, q, k, v), mask=nn.causal_mask(T, T, be))),
         ("attention left-padded", 1e-5,
