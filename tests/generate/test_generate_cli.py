@@ -93,3 +93,22 @@ def test_generate_bad_options(files, capsys, extra, message):
 def test_generate_missing_model(files, tmp_path, capsys):
     assert main(["generate", "--model", str(tmp_path / "nope"), "--tokenizer", files[1], PROMPT]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_generate_refuses_an_encoder_model(files, tmp_path, capsys):
+    bert = transformers.BertModel(transformers.BertConfig(
+        vocab_size=V, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64))
+    bert.save_pretrained(tmp_path / "bert")
+    assert main(["generate", "--model", str(tmp_path / "bert"), "--tokenizer", files[1], PROMPT]) == 2
+    assert "holds a Bert model, which cannot generate text" in capsys.readouterr().err
+
+
+def test_generate_backend_comes_from_the_environment(files, capsys, monkeypatch):
+    model_dir, tok_path = files
+    monkeypatch.setenv("SCRATCH_BACKEND", "jax")
+    assert main(["generate", "--model", model_dir, "--tokenizer", tok_path, "--max-new-tokens", "3", PROMPT]) == 2
+    assert "unknown backend 'jax' (from $SCRATCH_BACKEND)" in capsys.readouterr().err
+    monkeypatch.setenv("SCRATCH_BACKEND", "strict")  # the same tokens on the strict backend
+    assert main(["generate", "--model", model_dir, "--tokenizer", tok_path, "--max-new-tokens", "5", PROMPT]) == 0
+    assert capsys.readouterr().out == _expected(files, max_new_tokens=5) + "\n"
+
