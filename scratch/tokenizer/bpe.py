@@ -6,6 +6,12 @@ bytes as single-byte ids, 2 look at every adjacent pair, 3 merge the pair with t
 instead of looking them up (train.py). One loop serves every vocabulary: tiktoken rank files are turned into a
 pair table (tiktoken_format.py), Hugging Face and SentencePiece files are read by hf.py and sentencepiece.py.
 It matches tiktoken id for id (tests/tokenizer/test_tiktoken_exact.py). Not here: normalizers, byte fallback.
+
+Reading guide: `_bpe_reference` is the algorithm for one chunk, as the four steps say it -- read it first. The rest
+of "BPE inside one chunk" is speed, each path property-tested equal to it: `_bpe_short` (a list scan, for short
+chunks), `_bpe_heap` (a heap, so a 25,000-byte chunk is not quadratic) and `_bpe_batch` (NumPy rounds merging many
+new chunks at once). Encoding a text is one regex split and one cache lookup per chunk (`_ChunkCache`): real text
+repeats its words, so most chunks are merged only the first time they are seen.
 """
 from __future__ import annotations
 
