@@ -65,7 +65,6 @@ def _load_causal_lm(folder, args):
 
 
 def _load(args):
-    import scratch.models
     from scratch.tokenizer import load_tokenizer
 
     if args.max_new_tokens < 1:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+
+from scratch.atomic import atomic_write
 
 # Activation names as Hugging Face spells them. "gelu" is the exact erf form; "gelu_new" and
 # "gelu_pytorch_tanh" are the same tanh approximation (GPT-2 uses it); "silu" is x * sigmoid(x) (Llama's SwiGLU).
@@ -389,13 +389,7 @@ def save_config(config: Config, folder: str | Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "config.json"
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".config.json.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(config.to_hf(), f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        json.dump(config.to_hf(), f, indent=2)
+        f.write("\n")
     return path

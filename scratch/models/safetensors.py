@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from scratch.atomic import atomic_write
 
 # safetensors dtype -> NumPy dtype of the stored bytes. BF16 has no NumPy dtype: its raw bits are read as uint16
 # and widened to float32 by `bf16_bits_to_float32` (exact: every bfloat16 value is a float32 value).
@@ -276,17 +276,11 @@ def save_file(tensors: Mapping[str, Any], path: str | Path, metadata: Mapping[st
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)  # pad with spaces so the data buffer starts 8-byte aligned
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(len(raw).to_bytes(8, "little"))
-            f.write(raw)
-            for name in order:
-                f.write(stored[name][1].tobytes())  # tobytes() is C order
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+        for name in order:
+            f.write(stored[name][1].tobytes())  # tobytes() is C order
     return path
 
 
@@ -316,12 +310,6 @@ def save_folder(tensors: Mapping[str, Any], folder: str | Path, max_shard_bytes:
         save_file({n: tensors[n] for n in names}, folder / shard, FOLDER_METADATA, bf16=bf16)
         weight_map.update({n: shard for n in names})
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{INDEX_NAME}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(index, f, indent=2)
-        os.replace(tmp, folder / INDEX_NAME)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(folder / INDEX_NAME) as f:
+        json.dump(index, f, indent=2)
     return folder / INDEX_NAME

@@ -20,9 +20,7 @@ import binascii
 import codecs
 import gc
 import json
-import os
 import sys
-import tempfile
 import threading
 from heapq import heapify, heappop, heappush
 from itertools import chain
@@ -32,6 +30,7 @@ from typing import Iterable
 import numpy as np
 import regex
 
+from scratch.atomic import atomic_write
 from scratch.tokenizer.pretokenize import MAX_RUN_CHARS, apply_pattern, pretokenize, resolve_pattern
 
 NO_RANK = sys.maxsize  # "this pair never merges": larger than every rank, so min() never picks it over a real one
@@ -555,15 +554,8 @@ class BPETokenizer:
             "vocab": {str(token_id): base64.b64encode(token).decode("ascii") for token_id, token in self.vocab.items()},
             "merges": [list(merge) for merge in self.merges],
         }
-        handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent or ".", prefix=path.name + ".",
-                                             suffix=".tmp", delete=False)
-        try:
-            with handle:
-                json.dump(payload, handle, ensure_ascii=False, separators=(",", ":"))
-            os.replace(handle.name, path)
-        except BaseException:
-            Path(handle.name).unlink(missing_ok=True)
-            raise
+        with atomic_write(path) as handle:
+            json.dump(payload, handle, ensure_ascii=False, separators=(",", ":"))
 
     @classmethod
     def load(cls, path: str | Path) -> "BPETokenizer":

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import unicodedata
 from functools import lru_cache
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Iterable
 
 import regex
 
+from scratch.atomic import atomic_write
 from scratch.tokenizer.bpe import BPETokenizer
 from scratch.tokenizer.pretokenize import PATTERNS, compile_pattern, pretokenize, resolve_pattern, split_isolated
 
@@ -528,13 +528,6 @@ def to_hf(tokenizer: BPETokenizer, path: str | os.PathLike) -> Path:
     if path.is_dir():
         path = path / "tokenizer.json"
     payload = to_hf_json(tokenizer)
-    handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=path.name + ".",
-                                         suffix=".tmp", delete=False)
-    try:
-        with handle:
-            json.dump(payload, handle, ensure_ascii=False)
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as handle:
+        json.dump(payload, handle, ensure_ascii=False)
     return path
