@@ -139,6 +139,18 @@ def _rows_from_lists(input_ids) -> list[list[int]]:
     return rows
 
 
+def left_pad(rows, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Prompts of different lengths -> (ids, attention_mask), both (B, T) host int64, padding on the left so every
+    row's last token sits in the last column (where generation appends)."""
+    T = max(len(r) for r in rows)
+    ids = np.full((len(rows), T), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), T), dtype=np.int64)
+    for b, r in enumerate(rows):
+        ids[b, T - len(r):] = r
+        mask[b, T - len(r):] = 1
+    return ids, mask
+
+
 def prepare_prompt(model, input_ids, config: GenerationConfig, attention_mask=None) -> Prompt:
     """Check the prompt and left-pad it into a `Prompt`.
 
@@ -190,12 +202,7 @@ def prepare_prompt(model, input_ids, config: GenerationConfig, attention_mask=No
                 raise ValueError(f"prompt {empty} is empty and no bos_token_id is set: give at least one token, "
                                  f"or set bos_token_id to start from it")
             rows = [r if r else [config.bos_token_id] for r in rows]
-        T = max(len(r) for r in rows)
-        ids = np.full((len(rows), T), pad, dtype=np.int64)
-        mask_rows = np.zeros((len(rows), T), dtype=np.int64)
-        for b, r in enumerate(rows):
-            ids[b, T - len(r):] = r
-            mask_rows[b, T - len(r):] = 1
+        ids, mask_rows = left_pad(rows, pad)
     else:
         empty_rows = np.nonzero(mask_rows.sum(axis=1) == 0)[0] if ids.shape[1] else np.arange(ids.shape[0])
         if len(empty_rows):

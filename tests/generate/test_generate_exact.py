@@ -14,7 +14,7 @@ import torch
 import transformers
 
 import scratch.models
-from scratch.generate.generate import generate
+from scratch.generate.generate import generate, left_pad
 
 V = 101
 PAD = 0
@@ -43,17 +43,6 @@ def models(request, tmp_path_factory):
     return hf, scratch.models.load(folder)
 
 
-def _padded(rows):
-    """Left-pad lists of ids -> (ids, mask) int64 arrays."""
-    T = max(len(r) for r in rows)
-    ids = np.full((len(rows), T), PAD, dtype=np.int64)
-    mask = np.zeros((len(rows), T), dtype=np.int64)
-    for b, r in enumerate(rows):
-        ids[b, T - len(r):] = r
-        mask[b, T - len(r):] = 1
-    return ids, mask
-
-
 def _hf_generate(hf, ids, mask, **kwargs):
     kwargs.setdefault("pad_token_id", PAD)
     with torch.no_grad():
@@ -66,7 +55,7 @@ ROWS = [[5, 17, 33, 2, 9, 41], [7, 7, 60], [88, 3, 14, 15, 92, 65, 35, 89, 79]]
 
 def test_greedy_single_prompt(models):
     hf, ours = models
-    ids, mask = _padded(ROWS[:1])
+    ids, mask = left_pad(ROWS[:1], PAD)
     ref = _hf_generate(hf, ids, mask, max_new_tokens=16)
     out = generate(ours, ids, max_new_tokens=16)
     assert out.sequences.dtype == np.int64
@@ -75,7 +64,7 @@ def test_greedy_single_prompt(models):
 
 def test_greedy_left_padded_batch(models):
     hf, ours = models
-    ids, mask = _padded(ROWS)
+    ids, mask = left_pad(ROWS, PAD)
     ref = _hf_generate(hf, ids, mask, max_new_tokens=12)
     np.testing.assert_array_equal(generate(ours, ids, attention_mask=mask, max_new_tokens=12,
                                            pad_token_id=PAD).sequences, ref)
@@ -85,7 +74,7 @@ def test_greedy_left_padded_batch(models):
 
 def test_max_length_counts_the_prompt(models):
     hf, ours = models
-    ids, mask = _padded(ROWS)
+    ids, mask = left_pad(ROWS, PAD)
     ref = _hf_generate(hf, ids, mask, max_length=15)
     out = generate(ours, ROWS, max_length=15, pad_token_id=PAD)
     assert out.sequences.shape == (3, 15)
@@ -100,7 +89,7 @@ def test_max_length_counts_the_prompt(models):
 ])
 def test_greedy_with_processors(models, processors):
     hf, ours = models
-    ids, mask = _padded(ROWS)
+    ids, mask = left_pad(ROWS, PAD)
     ref = _hf_generate(hf, ids, mask, max_new_tokens=12, **processors)
     out = generate(ours, ROWS, max_new_tokens=12, pad_token_id=PAD, **processors)
     np.testing.assert_array_equal(out.sequences, ref)
@@ -114,7 +103,7 @@ def _tokens_reached(hf, ids, mask, steps):
 
 def test_eos_reached_in_some_rows(models):
     hf, ours = models
-    ids, mask = _padded(ROWS)
+    ids, mask = left_pad(ROWS, PAD)
     generated = _tokens_reached(hf, ids, mask, 12)
     eos = int(generated[0, 2])          # row 0 stops at its third new token; the others may go on
     ref = _hf_generate(hf, ids, mask, max_new_tokens=12, eos_token_id=eos, pad_token_id=PAD)
@@ -126,7 +115,7 @@ def test_eos_reached_in_some_rows(models):
 
 def test_several_eos_ids_and_min_new_tokens(models):
     hf, ours = models
-    ids, mask = _padded(ROWS)
+    ids, mask = left_pad(ROWS, PAD)
     generated = _tokens_reached(hf, ids, mask, 12)
     eos = [int(generated[1, 1]), int(generated[2, 4])]
     for extra in ({}, {"min_new_tokens": 4}):
@@ -139,7 +128,7 @@ def test_several_eos_ids_and_min_new_tokens(models):
 def test_every_row_finishes_early(models):
     """When every row has reached EOS the loop stops: the output is shorter than max_new_tokens."""
     hf, ours = models
-    ids, mask = _padded(ROWS[:2])
+    ids, mask = left_pad(ROWS[:2], PAD)
     generated = _tokens_reached(hf, ids, mask, 12)
     eos = [int(generated[0, 1]), int(generated[1, 2])]
     ref = _hf_generate(hf, ids, mask, max_new_tokens=12, eos_token_id=eos, pad_token_id=PAD)
