@@ -80,10 +80,10 @@ class Llama:
     config: LlamaConfig
     backend: backends.Backend
     dtype: str
-    embed: Any          # (V, C) embed_tokens
+    embed_t: Any        # (C, V) embed_tokens stored transposed, column v embeds token v (the tied head's layout)
     layers: tuple[LlamaLayer, ...]
     norm_w: Any         # (C,) the final RMSNorm
-    lm_head: Any        # (V, C) the untied output head as stored, or None when tied to `embed`
+    lm_head_t: Any      # (C, V) the untied output head, transposed once at load; None when tied to the embedding
     inv_freq: Any       # (D/2,) float32 RoPE frequencies, scaling applied
     # RoPE cos/sin tables (1, 1, P, D), filled lazily up to the longest position seen: the only mutable part.
     _rope: dict = field(default_factory=dict, repr=False, compare=False)
@@ -103,13 +103,22 @@ class Llama:
 
     @property
     def head(self):
-        """(C, V): the output head as a transposed VIEW of the stored (V, C) matrix (lm_head, or embed when tied).
-        BLAS reads it as fast as a contiguous copy, and a tied model keeps one copy of the matrix."""
-        return self.backend.xp.permute_dims(self.embed if self.lm_head is None else self.lm_head, (1, 0))
+        """(C, V): the output head, contiguous (lm_head_t, or embed_t when tied): see `GPT2.head` for why (C, V)."""
+        return self.embed_t if self.lm_head_t is None else self.lm_head_t
+
+    @property
+    def embed(self):
+        """(V, C): embed_tokens as checkpoints store it -- a transposed view, no copy."""
+        return self.backend.xp.permute_dims(self.embed_t, (1, 0))
+
+    @property
+    def lm_head(self):
+        """(V, C): the untied lm_head as checkpoints store it (a transposed view), or None when tied."""
+        return None if self.lm_head_t is None else self.backend.xp.permute_dims(self.lm_head_t, (1, 0))
 
     def parameter_count(self) -> int:
         """Distinct parameters (a tied head counted once) -- transformers' num_parameters()."""
-        arrays = [self.embed, self.norm_w] + ([] if self.lm_head is None else [self.lm_head])
+        arrays = [self.embed_t, self.norm_w] + ([] if self.lm_head_t is None else [self.lm_head_t])
         for layer in self.layers:
             arrays += [a for a in vars(layer).values() if a is not None]
         return sum(math.prod(a.shape) for a in arrays)
@@ -161,7 +170,7 @@ def hidden_states(model: Llama, input_ids, cache: KVCache | None = None, attenti
         cos, sin = cos[:, :, past:past + T, :], sin[:, :, past:past + T, :]     # (1, 1, T, D)
     else:
         cos, sin = rope_cos_sin(model.inv_freq, positions, dtype=model.backend.dtype(model.dtype))  # (B, 1, T, D)
-    x = embedding(ids, model.embed)                                     # (B, T, C)
+    x = embedding(ids, model.embed_t, token_axis=1)                     # (B, T, C): columns of the (C, V) table
     for i, layer in enumerate(model.layers):
         x = block(model.config, layer, x, cos, sin, mask, cache, i)
     if cache is not None:
@@ -256,10 +265,10 @@ def _assemble(config: LlamaConfig, get, backend, dtype: str, untied_head: bool) 
     # cos and sin are cast to the model's dtype afterwards, as transformers does.
     inv_freq = rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling, xp=backend, dtype="float32")
     return Llama(config=config, backend=backend, dtype=dtype,
-                 embed=put(backend, get("embed_tokens.weight", (V, C)), dtype),
+                 embed_t=put(backend, get("embed_tokens.weight", (V, C)).T, dtype),   # (C, V), one copy
                  layers=tuple(layers),
                  norm_w=put(backend, get("norm.weight", (C,)), dtype),
-                 lm_head=put(backend, get("lm_head.weight", (V, C)), dtype) if untied_head else None,
+                 lm_head_t=put(backend, get("lm_head.weight", (V, C)).T, dtype) if untied_head else None,
                  inv_freq=inv_freq)
 
 

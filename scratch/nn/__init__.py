@@ -7,7 +7,7 @@ tensors are (B, H, T, D) for queries and (B, Hkv, S, D) for keys/values; masks a
 float32 in gives float32 out; float16 softmax/norms/activations compute in float32 internally.
 
 Public API
-    functional:  linear(x, w, b=None); embedding(ids, table); layer_norm(x, weight, bias, eps=1e-5);
+    functional:  linear(x, w, b=None); embedding(ids, table, token_axis=0); layer_norm(x, weight, bias, eps=1e-5);
                  rms_norm(x, weight, eps=1e-6); erf(x); gelu(x); gelu_tanh(x); silu(x); softmax(x, axis=-1);
                  mlp_gelu(x, w_fc, b_fc, w_proj, b_proj, approximate="tanh"|"none");
                  mlp_swiglu(x, w_gate, w_up, w_down)

@@ -59,12 +59,22 @@ def linear(x, w, b=None):
     return y if b is None else y + b
 
 
-def embedding(ids, table):
-    """Rows of `table` (V, C) picked by integer `ids` (any shape, e.g. (B, T)) -> ids.shape + (C,)."""
+def embedding(ids, table, token_axis: int = 0):
+    """The vectors of `table` picked by integer `ids` (any shape, e.g. (B, T)) -> ids.shape + (C,).
+
+    token_axis=0: `table` is (V, C), one row per token (how checkpoints store it).
+    token_axis=1: `table` is (C, V), one column per token -- the layout of a tied output head, which multiplies
+    hidden states (.., C) @ (C, V). A model that stores its tied embedding this way keeps ONE contiguous copy that
+    serves both ends: the lookup reads B*T columns, the head streams the matrix as BLAS likes it.
+    """
     xp = _xp(ids, table)
+    if token_axis not in (0, 1):
+        raise ValueError(f"embedding: token_axis must be 0 (table (V, C)) or 1 (table (C, V)), got {token_axis!r}")
     flat = xp.reshape(ids, (-1,))                    # the standard's take wants 1-D indices
-    rows = xp.take(table, flat, axis=0)              # (B*T, C)
-    return xp.reshape(rows, tuple(ids.shape) + (table.shape[-1],))
+    picked = xp.take(table, flat, axis=token_axis)   # (B*T, C), or (C, B*T) for a column table
+    if token_axis == 1:
+        picked = xp.permute_dims(picked, (1, 0))     # (B*T, C)
+    return xp.reshape(picked, tuple(ids.shape) + (table.shape[1 - token_axis],))
 
 
 # --- normalisation ---------------------------------------------------------------------------------------------

@@ -53,6 +53,14 @@ def test_embedding_matches_torch(backend):
     ids = rng.integers(0, 11, size=(3, 7)).astype(np.int64)
     out = F.embedding(backend.asarray(ids), backend.asarray(table))
     check(backend, out, TF.embedding(t(ids), t(table)).numpy(), (3, 7, 4))
+    # the same lookup from the (C, V) layout a tied output head is stored in: columns instead of rows
+    columns = F.embedding(backend.asarray(ids), backend.asarray(np.ascontiguousarray(table.T)), token_axis=1)
+    check(backend, columns, TF.embedding(t(ids), t(table)).numpy(), (3, 7, 4), rtol=0, atol=0)
+
+
+def test_embedding_rejects_an_unknown_token_axis():
+    with pytest.raises(ValueError, match="token_axis must be 0 .* got 2"):
+        F.embedding(np.zeros((1, 2), np.int64), np.zeros((4, 3), np.float32), token_axis=2)
 
 
 def test_layer_norm_matches_torch(backend):
