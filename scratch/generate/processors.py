@@ -73,6 +73,11 @@ def _first_places(xp, values, sorted_values, count):
     pivot = xp.take_along_axis(sorted_values, xp.maximum(count - 1, 0), axis=-1)  # (B, 1) the last value in
     below, at = values < pivot, values == pivot                                   # (B, V)
     quota = count - xp.sum(xp.astype(below, xp.int64), axis=-1, keepdims=True)   # places left for ties
+    ties = xp.sum(xp.astype(at, xp.int64), axis=-1, keepdims=True)               # (B, 1) entries at the pivot
+    if bool(xp.all(ties <= quota)):
+        # The usual case (one entry at the pivot): every tie fits, no rank needed -- and the running count, a
+        # sequential scan over B*V entries, is the slowest step of top-p.
+        return (below | at) & (count > 0)
     tie_rank = _running_count(xp, at)                                             # 1, 2, ... along the ties
     return (below | (at & (tie_rank <= quota))) & (count > 0)
 

@@ -47,6 +47,8 @@ def sample_from_probs(probs, uniforms):
     cdf = cumulative_probs(probs)                                            # (B, V), float64 sums rounded
     u = xp.astype(uniforms, probs.dtype)[:, None]                            # (B, 1)
     index = xp.sum(xp.astype(cdf <= u, xp.int64), axis=-1)                   # (B,): first cdf > u
+    if not bool(xp.any(index >= vocab_size)):
+        return index
     # Fallback for index == V: the last index with p > 0 (V-1 minus the position of the first p > 0 from the end).
     nonzero_from_end = xp.flip(probs > 0, axis=-1)
     last_nonzero = (vocab_size - 1) - xp.astype(xp.argmax(xp.astype(nonzero_from_end, xp.int8), axis=-1), xp.int64)
