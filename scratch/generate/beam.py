@@ -127,7 +127,8 @@ class _Beams:
             self.mask = self.backend.asarray(np.repeat(mask, num_beams, axis=0), dtype="int64")
         self.length = T
         logits = model(self.backend.asarray(prompt.input_ids, dtype="int64"), cache=self.cache,
-                       attention_mask=None if mask is None else self.backend.asarray(mask[:, :T], dtype="int64"))
+                       attention_mask=None if mask is None else self.backend.asarray(mask[:, :T], dtype="int64"),
+                       logits_to_keep=1)                                # (B, 1, V): the prompt's last position
         self.expanded = False
         self.rows_per_cache_row = num_beams                             # cache row b holds beams b*nb .. b*nb+nb-1
         last = self._scores(logits)                                     # (B, V)

@@ -297,8 +297,9 @@ def decode_steps(model, prompt: Prompt, config: GenerationConfig, rng: np.random
         mask = backend.asarray(mask, dtype="int64")                # once, then sliced: no per-step transfer
 
     cache = model.new_cache(B, T + max_new)                        # allocated once: never grows
+    # Prefill once; only the last position's logits are read, so only they go through the head.
     logits = model(backend.asarray(prompt.input_ids, dtype="int64"), cache=cache,
-                   attention_mask=None if mask is None else mask[:, :T])      # (B, T, V): prefill once
+                   attention_mask=None if mask is None else mask[:, :T], logits_to_keep=1)   # (B, 1, V)
     scores = logits[:, -1, :]                                      # (B, V): left padding -> last column is real
     finished = np.zeros(B, dtype=bool)
     for step in range(max_new):

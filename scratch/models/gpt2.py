@@ -252,17 +252,36 @@ class GPT2:
         c = self.config
         return KVCache(self.backend, c.n_layer, batch_size, c.n_head, max_length, c.head_dim, dtype=self.dtype)
 
-    def __call__(self, input_ids, cache: KVCache | None = None, attention_mask=None):
-        return forward(self, input_ids, cache=cache, attention_mask=attention_mask)
+    def __call__(self, input_ids, cache: KVCache | None = None, attention_mask=None, logits_to_keep: int = 0):
+        return forward(self, input_ids, cache=cache, attention_mask=attention_mask, logits_to_keep=logits_to_keep)
 
     def hidden_states(self, input_ids, cache: KVCache | None = None, attention_mask=None):
         """The final-normed hidden states (B, T, C) the head reads (contrastive search compares them)."""
         return hidden_states(self, input_ids, cache=cache, attention_mask=attention_mask)
 
 
-def forward(model: GPT2, input_ids, cache: KVCache | None = None, attention_mask=None):
-    """Logits (B, T, V) for the T new tokens; with a cache, their keys/values are appended to it."""
+def forward(model: GPT2, input_ids, cache: KVCache | None = None, attention_mask=None, logits_to_keep: int = 0):
+    """Logits (B, T, V) for the T new tokens; with a cache, their keys/values are appended to it.
+    `logits_to_keep` > 0 returns only the last that many positions, (B, logits_to_keep, V)."""
+    check_logits_to_keep(logits_to_keep)                                # before the cache is touched
     x = hidden_states(model, input_ids, cache=cache, attention_mask=attention_mask)   # (B, T, C)
+    return output_logits(model, x, logits_to_keep)
+
+
+def check_logits_to_keep(logits_to_keep) -> None:
+    if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
+        raise ValueError(f"logits_to_keep must be an int >= 0 (0 keeps every position), got {logits_to_keep!r}")
+
+
+def output_logits(model, x, logits_to_keep: int = 0):
+    """The output head on hidden states x (B, T, C) -> (B, T, V), or (B, logits_to_keep, V) for the last positions.
+
+    Why keep fewer: generation reads only the last position's logits after the prompt, and the head costs 2*C*V
+    FLOPs per position -- a third of GPT-2 124M's work per token -- so a prefill skips it for the other T-1
+    (transformers' `logits_to_keep`, same name and meaning; 0 keeps all).
+    """
+    if 0 < logits_to_keep < x.shape[1]:
+        x = x[:, x.shape[1] - logits_to_keep:, :]                       # (B, logits_to_keep, C)
     return linear(x, model.head)                                        # (B, T, C) @ (C, V) -> (B, T, V), one BLAS call
 
 

@@ -23,6 +23,8 @@ from scratch.models.gpt2 import (
     causal_attention,
     check_dtype,
     check_length,
+    check_logits_to_keep,
+    output_logits,
     positions_and_mask,
     put,
 )
@@ -144,18 +146,20 @@ class Llama:
                                                                 dtype=self.backend.dtype(self.dtype))
         return self._rope["cos"], self._rope["sin"]
 
-    def __call__(self, input_ids, cache: KVCache | None = None, attention_mask=None):
-        return forward(self, input_ids, cache=cache, attention_mask=attention_mask)
+    def __call__(self, input_ids, cache: KVCache | None = None, attention_mask=None, logits_to_keep: int = 0):
+        return forward(self, input_ids, cache=cache, attention_mask=attention_mask, logits_to_keep=logits_to_keep)
 
     def hidden_states(self, input_ids, cache: KVCache | None = None, attention_mask=None):
         """The final-normed hidden states (B, T, C) the head reads (contrastive search compares them)."""
         return hidden_states(self, input_ids, cache=cache, attention_mask=attention_mask)
 
 
-def forward(model: Llama, input_ids, cache: KVCache | None = None, attention_mask=None):
-    """Logits (B, T, V) for the T new tokens; with a cache, their keys/values are appended to it."""
+def forward(model: Llama, input_ids, cache: KVCache | None = None, attention_mask=None, logits_to_keep: int = 0):
+    """Logits (B, T, V) for the T new tokens; with a cache, their keys/values are appended to it.
+    `logits_to_keep` > 0 returns only the last that many positions (see gpt2.output_logits)."""
+    check_logits_to_keep(logits_to_keep)                                # before the cache is touched
     x = hidden_states(model, input_ids, cache=cache, attention_mask=attention_mask)   # (B, T, C)
-    return linear(x, model.head)                                        # (B, T, C) @ (C, V) -> (B, T, V), one BLAS call
+    return output_logits(model, x, logits_to_keep)
 
 
 def hidden_states(model: Llama, input_ids, cache: KVCache | None = None, attention_mask=None):

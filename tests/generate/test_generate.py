@@ -211,7 +211,7 @@ class Spy:
     """Wraps a model and records cache allocations and the T of every forward."""
 
     def __init__(self, model):
-        self.model, self.caches, self.steps = model, [], []
+        self.model, self.caches, self.steps, self.kept = model, [], [], []
 
     def __getattr__(self, name):
         return getattr(self.model, name)
@@ -220,10 +220,12 @@ class Spy:
         self.caches.append((batch_size, max_length))
         return self.model.new_cache(batch_size, max_length)
 
-    def __call__(self, input_ids, cache=None, attention_mask=None):
+    def __call__(self, input_ids, cache=None, attention_mask=None, logits_to_keep=0):
         assert cache is not None, "the loop must decode through the cache"
         self.steps.append((int(input_ids.shape[1]), cache.length))
-        return self.model(input_ids, cache=cache, attention_mask=attention_mask)
+        logits = self.model(input_ids, cache=cache, attention_mask=attention_mask, logits_to_keep=logits_to_keep)
+        self.kept.append(int(logits.shape[1]))
+        return logits
 
 
 @pytest.mark.parametrize("rows", [PROMPT, [[1, 2, 3], [4, 5, 6, 7, 8]]])
@@ -233,6 +235,7 @@ def test_cache_allocated_once_prefill_once_then_one_token(model_on, rows):
     T = max(len(r) for r in rows)
     assert spy.caches == [(2, T + 6)]
     assert spy.steps == [(T, 0)] + [(1, T + i) for i in range(5)]
+    assert spy.kept == [1] * 6, "the prefill computes logits for the prompt's last position only"
 
 
 def test_left_padding_does_not_change_a_row(model_on):

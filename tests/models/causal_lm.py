@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 
 import numpy as np
+import pytest
 import torch
 
 import scratch.models
@@ -70,3 +71,19 @@ def check_left_padding(hf, folder, backend, vocab_size: int, T: int, pads: tuple
     real = mask.astype(bool)
     np.testing.assert_allclose(ours[real], ref[real], atol=ATOL, rtol=0)
     assert np.isfinite(ours).all()  # padding query rows attend to nothing: zeros, not NaN
+
+
+def check_logits_to_keep(folder, vocab_size: int):
+    """logits_to_keep=k gives the last k positions of the full logits (0, or k >= T, keeps all); a bad value is
+    refused before the cache moves."""
+    model = scratch.models.load(folder)
+    ids = random_ids(vocab_size, B=2, T=12, seed=5)
+    full = model(ids)
+    for k in (1, 5, 12, 40, 0):
+        kept = model(ids, logits_to_keep=k)
+        np.testing.assert_allclose(kept, full[:, max(0, 12 - k) if k else 0:], atol=1e-5, rtol=0, err_msg=f"k={k}")
+    cache = model.new_cache(2, 16)
+    for bad in (-1, 1.0, True):
+        with pytest.raises(ValueError, match=f"logits_to_keep must be an int >= 0.*got {bad!r}"):
+            model(ids, cache=cache, logits_to_keep=bad)
+    assert cache.length == 0

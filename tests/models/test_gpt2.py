@@ -10,8 +10,8 @@ import torch
 import transformers
 
 import scratch.models
-from tests.models.causal_lm import (ATOL, check_blocked_prefill, check_left_padding, check_logits, hf_step,
-                                     random_ids)
+from tests.models.causal_lm import (ATOL, check_blocked_prefill, check_left_padding, check_logits,
+                                     check_logits_to_keep, hf_step, random_ids)
 from scratch.models import GPT2Config, gpt2
 
 # initializer_range 0.1 (not 0.02) so activations are large enough that a wrong GELU or eps would exceed ATOL.
@@ -39,6 +39,10 @@ def _ids(B=2, T=40, seed=0):
 
 def test_logits_match_transformers(hf_gpt2, backend):
     check_logits(*hf_gpt2, backend, HF_KW["vocab_size"])
+
+
+def test_logits_to_keep_is_the_tail_of_the_full_logits(hf_gpt2):
+    check_logits_to_keep(hf_gpt2[1], HF_KW["vocab_size"])
 
 
 def test_blocked_prefill_matches_transformers(hf_gpt2, monkeypatch):

@@ -11,8 +11,8 @@ import torch
 import transformers
 
 import scratch.models
-from tests.models.causal_lm import (ATOL, check_blocked_prefill, check_left_padding, check_logits, hf_step,
-                                     random_ids)
+from tests.models.causal_lm import (ATOL, check_blocked_prefill, check_left_padding, check_logits,
+                                     check_logits_to_keep, hf_step, random_ids)
 from scratch.models import LlamaConfig, llama
 
 BASE = dict(vocab_size=157, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
@@ -48,6 +48,10 @@ def _ids(B=2, T=40, seed=0):
 
 def test_logits_match_transformers(hf_llama, backend):
     check_logits(*hf_llama, backend, BASE["vocab_size"])
+
+
+def test_logits_to_keep_is_the_tail_of_the_full_logits(hf_llama):
+    check_logits_to_keep(hf_llama[1], BASE["vocab_size"])
 
 
 def test_blocked_prefill_matches_transformers(hf_llama, monkeypatch):
