@@ -90,6 +90,10 @@ class GenerationConfig:
     pad_token_id: int | None = None
     bos_token_id: int | None = None
 
+    # What the output records besides the sequences (greedy decoding and sampling).
+    output_scores: bool = False      # out.scores: the processed scores each step, as the token was chosen from
+    output_logits: bool = False      # out.logits: the model's raw logits each step
+
     seed: int | None = None
 
     def __post_init__(self):
@@ -132,6 +136,9 @@ class GenerationConfig:
                              f"num_beam_groups > 1")
         need(self.penalty_alpha is None or (_is_number(self.penalty_alpha) and 0 <= self.penalty_alpha <= 1),
              "penalty_alpha", "must be None or in [0, 1]")
+
+        for name in ("output_scores", "output_logits"):
+            need(isinstance(getattr(self, name), bool), name, "must be True or False")
 
         # Warpers.
         need(_is_number(self.temperature) and self.temperature >= 0 and math.isfinite(self.temperature),

@@ -34,12 +34,16 @@ class GenerateOutput:
     sequences: (B * num_return_sequences, T_total) int64, prompt + generated ids; rows that finished early are
         filled with the pad id after their end (and left-padded prompts keep their padding).
     sequences_scores: (B * num_return_sequences,) float32 length-penalised log-probabilities (beam search only).
-    scores: per-step processed scores, if a strategy records them (otherwise None).
+    scores: with output_scores=True (greedy decoding and sampling), one (B * num_return_sequences, V) float32 array
+        per generated step: the scores after every processor and warper, the ones the token was picked from
+        (transformers' `scores`; -inf marks what the warpers removed). Otherwise None.
+    logits: with output_logits=True, the same for the model's raw logits (transformers' `logits`).
     """
 
     sequences: np.ndarray
     sequences_scores: np.ndarray | None = None
     scores: tuple | None = None
+    logits: tuple | None = None
 
 
 @dataclass
@@ -254,13 +258,16 @@ def processors_for(config: GenerationConfig, prompt: Prompt) -> list:
 
 
 def decode_steps(model, prompt: Prompt, config: GenerationConfig, rng: np.random.Generator | None = None,
-                 decode: Callable[[list[int]], str] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                 decode: Callable[[list[int]], str] | None = None,
+                 record: list | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Greedy or sampling, one step at a time: yields (tokens (B,) host int64, finished (B,) host bool) per step.
 
     `tokens` is what each row appended this step (the pad id for rows that had already finished); `finished` says
     which rows are done after it. The generator returns when every row is done or the length limit is reached.
     The work per step: one forward of B tokens through the cache, the configured processors on (B, V) scores,
     argmax or inverse-CDF sampling, and one copy of B token ids to the host (needed to decide whether to stop).
+    `record`: a list that receives (raw logits, processed scores), both (B, V) host arrays, once per step -- the
+    only per-step copies of (B, V) to the host, made only when asked for (output_scores / output_logits).
     """
     backend = model.backend
     xp = backend.xp
@@ -304,8 +311,11 @@ def decode_steps(model, prompt: Prompt, config: GenerationConfig, rng: np.random
     finished = np.zeros(B, dtype=bool)
     for step in range(max_new):
         cur = T + step                                             # tokens so far
+        raw = scores
         if processors:
             scores = apply(processors, dev_ids[:, :cur], scores)
+        if record is not None:
+            record.append((backend.to_numpy(raw), backend.to_numpy(scores)))
         if sampling:
             tokens = sample(scores, uniforms[:, step])
         else:
@@ -334,14 +344,17 @@ def decode_steps(model, prompt: Prompt, config: GenerationConfig, rng: np.random
 def _greedy_or_sample(model, prompt: Prompt, config: GenerationConfig, rng, decode, streamer) -> GenerateOutput:
     prompt = prompt.repeat(config.num_return_sequences) if config.is_sampling else prompt
     columns = []
-    for tokens, _finished in decode_steps(model, prompt, config, rng, decode):
+    record = [] if (config.output_scores or config.output_logits) else None
+    for tokens, _finished in decode_steps(model, prompt, config, rng, decode, record):
         columns.append(tokens)
         if streamer is not None:
             streamer.put(tokens)
     if streamer is not None:
         streamer.end()
     generated = np.stack(columns, axis=1) if columns else np.zeros((prompt.batch_size, 0), dtype=np.int64)
-    return GenerateOutput(sequences=np.concatenate([prompt.input_ids, generated], axis=1))
+    return GenerateOutput(sequences=np.concatenate([prompt.input_ids, generated], axis=1),
+                          scores=tuple(s for _, s in record) if config.output_scores else None,
+                          logits=tuple(raw for raw, _ in record) if config.output_logits else None)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -378,6 +391,11 @@ def generate(model, input_ids, config: GenerationConfig | None = None, *, attent
     if streamer is not None and (mode not in ("greedy_search", "sample") or draft_model is not None):
         raise ValueError(f"streamer works with greedy decoding and sampling, not with {mode}"
                          f"{' and a draft model' if draft_model is not None else ''}")
+    recorded = [name for name in ("output_scores", "output_logits") if getattr(config, name)]
+    if recorded and (mode not in ("greedy_search", "sample") or draft_model is not None):
+        raise ValueError(f"{' and '.join(recorded)} are recorded for greedy decoding and sampling, not for {mode}"
+                         f"{' with a draft model' if draft_model is not None else ''} (beam search returns "
+                         f"sequences_scores)")
     if config.stop_strings is not None and (mode not in ("greedy_search", "sample") or draft_model is not None):
         raise ValueError(f"stop_strings work with greedy decoding and sampling, not with {mode}"
                          f"{' and a draft model' if draft_model is not None else ''}")

@@ -13,7 +13,7 @@ SHARED_WITH_TRANSFORMERS = [
     "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff", "repetition_penalty", "no_repeat_ngram_size",
     "bad_words_ids", "suppress_tokens", "begin_suppress_tokens", "sequence_bias", "num_beams", "num_beam_groups",
     "diversity_penalty", "length_penalty", "early_stopping", "num_return_sequences", "eos_token_id",
-    "pad_token_id", "bos_token_id", "stop_strings", "penalty_alpha",
+    "pad_token_id", "bos_token_id", "stop_strings", "penalty_alpha", "output_scores", "output_logits",
 ]
 
 

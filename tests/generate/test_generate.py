@@ -183,6 +183,35 @@ def test_stop_strings_need_a_tokenizer(model_on, tokenizer):
         generate(model_on("numpy"), PROMPT, max_new_tokens=4, stop_strings=["x"], num_beams=2, tokenizer=tokenizer)
 
 
+def test_sampling_records_the_warped_scores_it_drew_from(model_on, backend):
+    """output_scores with top-k: each step keeps >= k finite scores per row and the drawn token is among them; the
+    logits are the model's own (a cached forward reproduces the first step); every backend records the same."""
+    m = model_on(backend.name)
+    out = generate(m, PROMPT, max_new_tokens=5, do_sample=True, top_k=7, seed=3, output_scores=True,
+                   output_logits=True, num_return_sequences=2)
+    assert out.sequences.shape == (4, 10) and len(out.scores) == len(out.logits) == 5
+    for step, scores in enumerate(out.scores):
+        assert scores.shape == (4, V) and isinstance(scores, np.ndarray)
+        assert (np.isfinite(scores).sum(axis=1) >= 7).all()
+        chosen = out.sequences[:, 5 + step]
+        assert np.isfinite(scores[np.arange(4), chosen]).all()
+    first = model_on("numpy")(np.repeat(np.array(PROMPT), 2, axis=0))[:, -1, :]
+    np.testing.assert_allclose(out.logits[0], first, atol=1e-5, rtol=0)
+    ref = generate(model_on("numpy"), PROMPT, max_new_tokens=5, do_sample=True, top_k=7, seed=3, output_scores=True,
+                   num_return_sequences=2)
+    np.testing.assert_array_equal(out.sequences, ref.sequences)
+    for a, b in zip(out.scores, ref.scores):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+
+
+def test_output_scores_only_where_recorded(model_on):
+    with pytest.raises(ValueError, match="output_scores are recorded for greedy decoding and sampling, not for "
+                                         "beam_search"):
+        generate(model_on("numpy"), PROMPT, max_new_tokens=2, num_beams=2, output_scores=True)
+    with pytest.raises(ValueError, match="output_logits must be True or False, got 1"):
+        generate(model_on("numpy"), PROMPT, max_new_tokens=2, output_logits=1)
+
+
 def test_max_length_and_max_new_tokens(model_on):
     m = model_on("numpy")
     assert generate(m, PROMPT, max_new_tokens=3).sequences.shape == (2, 8)

@@ -95,6 +95,28 @@ def test_greedy_with_processors(models, processors):
     np.testing.assert_array_equal(out.sequences, ref)
 
 
+def test_output_scores_and_logits_equal_transformers(models):
+    """Per-step raw logits and processed scores, left-padded batch, with a processor that changes the scores and
+    an EOS that finishes one row early (its later steps are still recorded, as transformers records them)."""
+    hf, ours = models
+    ids, mask = left_pad(ROWS, PAD)
+    eos = int(_tokens_reached(hf, ids, mask, 8)[1, 3])
+    kwargs = dict(max_new_tokens=8, repetition_penalty=1.5, no_repeat_ngram_size=2, eos_token_id=eos)
+    ref = _hf_generate(hf, ids, mask, return_dict_in_generate=True, output_scores=True, output_logits=True, **kwargs)
+    out = generate(ours, ROWS, pad_token_id=PAD, output_scores=True, output_logits=True, **kwargs)
+    np.testing.assert_array_equal(out.sequences, ref.sequences.numpy())
+    assert len(out.scores) == len(out.logits) == len(ref.scores) == out.sequences.shape[1] - ids.shape[1]
+    for step, (s, r, lo, rl) in enumerate(zip(out.scores, ref.scores, out.logits, ref.logits)):
+        assert s.shape == (3, V) and s.dtype == np.float32 and isinstance(s, np.ndarray)
+        np.testing.assert_array_equal(np.isinf(s), np.isinf(r.numpy()), err_msg=f"-inf placement, step {step}")
+        finite = np.isfinite(s)
+        np.testing.assert_allclose(s[finite], r.numpy()[finite], atol=1e-4, rtol=0, err_msg=f"scores, step {step}")
+        np.testing.assert_allclose(lo, rl.numpy(), atol=1e-4, rtol=0, err_msg=f"logits, step {step}")
+    plain = generate(ours, ROWS, pad_token_id=PAD, **kwargs)
+    assert plain.scores is None and plain.logits is None
+    np.testing.assert_array_equal(plain.sequences, out.sequences)
+
+
 def _tokens_reached(hf, ids, mask, steps):
     """Tokens greedy decoding produces early in some rows (without EOS), to use as EOS ids that really occur."""
     plain = _hf_generate(hf, ids, mask, max_new_tokens=steps)
