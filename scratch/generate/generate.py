@@ -37,7 +37,7 @@ class GenerateOutput:
     scores: with output_scores=True (greedy decoding and sampling), one (B * num_return_sequences, V) float32 array
         per generated step: the scores after every processor and warper, the ones the token was picked from
         (transformers' `scores`; -inf marks what the warpers removed). Otherwise None.
-    logits: with output_logits=True, the same for the model's raw logits (transformers' `logits`).
+    logits: with output_logits=True, the same for the model's raw logits (transformers' `logits`), float32.
     """
 
     sequences: np.ndarray
@@ -106,7 +106,9 @@ def make_config(config: GenerationConfig | None = None, **kwargs) -> GenerationC
     names = set(GenerationConfig.field_names())
     unknown = sorted(set(kwargs) - names)
     if unknown:
-        raise ValueError(f"unknown generation parameter(s) {', '.join(unknown)}; GenerationConfig knows "
+        hint = (" (not needed here: generate always returns a GenerateOutput with .sequences, and .scores / "
+                ".logits when output_scores / output_logits are set)" if "return_dict_in_generate" in unknown else "")
+        raise ValueError(f"unknown generation parameter(s) {', '.join(unknown)}{hint}; GenerationConfig knows "
                          f"{', '.join(sorted(names))}")
     if config is None:
         return GenerationConfig(**kwargs)
@@ -266,8 +268,9 @@ def decode_steps(model, prompt: Prompt, config: GenerationConfig, rng: np.random
     which rows are done after it. The generator returns when every row is done or the length limit is reached.
     The work per step: one forward of B tokens through the cache, the configured processors on (B, V) scores,
     argmax or inverse-CDF sampling, and one copy of B token ids to the host (needed to decide whether to stop).
-    `record`: a list that receives (raw logits, processed scores), both (B, V) host arrays, once per step -- the
-    only per-step copies of (B, V) to the host, made only when asked for (output_scores / output_logits).
+    `record`: a list that receives (raw logits, processed scores) once per step, each a (B, V) host copy or None
+    when the config does not ask for it (output_logits / output_scores) -- the only per-step (B, V) transfers.
+    Scores are float32 whatever the model's dtype, as transformers casts the last logits before processing.
     """
     backend = model.backend
     xp = backend.xp
@@ -307,7 +310,7 @@ def decode_steps(model, prompt: Prompt, config: GenerationConfig, rng: np.random
     # Prefill once; only the last position's logits are read, so only they go through the head.
     logits = model(backend.asarray(prompt.input_ids, dtype="int64"), cache=cache,
                    attention_mask=None if mask is None else mask[:, :T], logits_to_keep=1)   # (B, 1, V)
-    scores = logits[:, -1, :]                                      # (B, V): left padding -> last column is real
+    scores = _last_scores(xp, logits)                              # (B, V): left padding -> last column is real
     finished = np.zeros(B, dtype=bool)
     for step in range(max_new):
         cur = T + step                                             # tokens so far
@@ -315,7 +318,8 @@ def decode_steps(model, prompt: Prompt, config: GenerationConfig, rng: np.random
         if processors:
             scores = apply(processors, dev_ids[:, :cur], scores)
         if record is not None:
-            record.append((backend.to_numpy(raw), backend.to_numpy(scores)))
+            record.append((np.array(backend.to_numpy(raw)) if config.output_logits else None,
+                           np.array(backend.to_numpy(scores)) if config.output_scores else None))
         if sampling:
             tokens = sample(scores, uniforms[:, step])
         else:
@@ -338,7 +342,13 @@ def decode_steps(model, prompt: Prompt, config: GenerationConfig, rng: np.random
             return
         logits = model(xp.reshape(tokens, (B, 1)), cache=cache,
                        attention_mask=None if mask is None else mask[:, :cur + 1])   # (B, 1, V)
-        scores = logits[:, -1, :]
+        scores = _last_scores(xp, logits)
+
+
+def _last_scores(xp, logits):
+    """The last position's logits (B, V) as float32 (a half model's too: transformers processes in float32)."""
+    last = logits[:, -1, :]
+    return last if last.dtype == xp.float32 else xp.astype(last, xp.float32)
 
 
 def _greedy_or_sample(model, prompt: Prompt, config: GenerationConfig, rng, decode, streamer) -> GenerateOutput:
@@ -393,9 +403,9 @@ def generate(model, input_ids, config: GenerationConfig | None = None, *, attent
                          f"{' and a draft model' if draft_model is not None else ''}")
     recorded = [name for name in ("output_scores", "output_logits") if getattr(config, name)]
     if recorded and (mode not in ("greedy_search", "sample") or draft_model is not None):
-        raise ValueError(f"{' and '.join(recorded)} are recorded for greedy decoding and sampling, not for {mode}"
-                         f"{' with a draft model' if draft_model is not None else ''} (beam search returns "
-                         f"sequences_scores)")
+        hint = " (beam search returns sequences_scores)" if mode.startswith(("beam", "group_beam")) else ""
+        raise ValueError(f"{' and '.join(recorded)}: recorded for greedy decoding and sampling only, not for {mode}"
+                         f"{' with a draft model' if draft_model is not None else ''}{hint}")
     if config.stop_strings is not None and (mode not in ("greedy_search", "sample") or draft_model is not None):
         raise ValueError(f"stop_strings work with greedy decoding and sampling, not with {mode}"
                          f"{' and a draft model' if draft_model is not None else ''}")

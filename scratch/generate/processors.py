@@ -74,7 +74,7 @@ def _first_places(xp, values, sorted_values, count):
     below, at = values < pivot, values == pivot                                   # (B, V)
     quota = count - xp.sum(xp.astype(below, xp.int64), axis=-1, keepdims=True)   # places left for ties
     ties = xp.sum(xp.astype(at, xp.int64), axis=-1, keepdims=True)               # (B, 1) entries at the pivot
-    if bool(xp.all(ties <= quota)):
+    if bool(xp.all((ties <= quota) | (count <= 0))):   # (a row with count 0 keeps nothing anyway)
         # The usual case (one entry at the pivot): every tie fits, no rank needed -- and the running count, a
         # sequential scan over B*V entries, is the slowest step of top-p.
         return (below | at) & (count > 0)

@@ -27,6 +27,7 @@ from scratch.models.gpt2 import (
     output_logits,
     positions_and_mask,
     put,
+    put_transposed,
 )
 from scratch.models.inputs import token_ids
 from scratch.nn import (
@@ -269,10 +270,10 @@ def _assemble(config: LlamaConfig, get, backend, dtype: str, untied_head: bool) 
     # cos and sin are cast to the model's dtype afterwards, as transformers does.
     inv_freq = rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling, xp=backend, dtype="float32")
     return Llama(config=config, backend=backend, dtype=dtype,
-                 embed_t=put(backend, get("embed_tokens.weight", (V, C)).T, dtype),   # (C, V), one copy
+                 embed_t=put_transposed(backend, get("embed_tokens.weight", (V, C)), dtype),   # (C, V)
                  layers=tuple(layers),
                  norm_w=put(backend, get("norm.weight", (C,)), dtype),
-                 lm_head_t=put(backend, get("lm_head.weight", (V, C)).T, dtype) if untied_head else None,
+                 lm_head_t=put_transposed(backend, get("lm_head.weight", (V, C)), dtype) if untied_head else None,
                  inv_freq=inv_freq)
 
 

@@ -56,9 +56,12 @@ def linear(x, w, b=None):
         y = xp.reshape(xp.matmul(xp.reshape(x, (-1, x.shape[-1])), w), lead + (w.shape[1],))
     else:
         y = xp.matmul(x, w)  # (..., C_in) @ (C_in, C_out) -> (..., C_out)
-    if b is not None:
+    if b is None:
+        return y
+    if b.dtype == y.dtype and tuple(b.shape) == (y.shape[-1],):
         y += b               # in place: y is this call's own fresh result
-    return y
+        return y
+    return y + b             # another dtype or shape: the usual promotion and broadcasting
 
 
 def embedding(ids, table, token_axis: int = 0):
@@ -70,12 +73,15 @@ def embedding(ids, table, token_axis: int = 0):
     serves both ends: the lookup reads B*T columns, the head streams the matrix as BLAS likes it.
     """
     xp = _xp(ids, table)
-    if token_axis not in (0, 1):
+    if isinstance(token_axis, bool) or token_axis not in (0, 1):
         raise ValueError(f"embedding: token_axis must be 0 (table (V, C)) or 1 (table (C, V)), got {token_axis!r}")
     flat = xp.reshape(ids, (-1,))                    # the standard's take wants 1-D indices
     picked = xp.take(table, flat, axis=token_axis)   # (B*T, C), or (C, B*T) for a column table
     if token_axis == 1:
-        picked = xp.permute_dims(picked, (1, 0))     # (B*T, C)
+        # subtle: the transpose is a strided view, and activations that keep its layout are summed in another
+        # order by the reductions downstream -- a cached step would then differ from the full forward in the last
+        # bits. Flattening makes the row-major copy, so every path feeds the first block the same layout.
+        picked = xp.reshape(xp.permute_dims(picked, (1, 0)), (-1,))   # (B*T*C,) row-major
     return xp.reshape(picked, tuple(ids.shape) + (table.shape[1 - token_axis],))
 
 
@@ -87,6 +93,9 @@ def layer_norm(x, weight, bias, eps: float = 1e-5):
     x (..., C), weight and bias (C,) (bias may be None). Half inputs: computed in float32, result cast back.
     """
     xp = _xp(x, weight, bias)
+    for name, param in (("weight", weight), ("bias", bias)):
+        if param is not None and tuple(param.shape) != (x.shape[-1],):
+            raise ValueError(f"layer_norm: {name} must be (C,) = ({x.shape[-1]},), got {tuple(param.shape)}")
     x32, out_dtype = _upcast(xp, x)
     mean = xp.mean(x32, axis=-1, keepdims=True)                 # (..., 1)
     y = x32 - mean                                              # centred; a fresh buffer, finished in place

@@ -204,10 +204,22 @@ def test_sampling_records_the_warped_scores_it_drew_from(model_on, backend):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
 
 
+def test_recorded_scores_are_float32_copies():
+    """A float16 model's scores and logits are recorded in float32 (transformers processes in float32), and each
+    is a copy of its own: with no processor, the scores and the logits of a step are still two arrays."""
+    half = scratch.models.from_config(TINY, dtype="float16", seed=0)
+    out = generate(half, PROMPT, max_new_tokens=3, output_scores=True, output_logits=True)
+    assert all(a.dtype == np.float32 for a in out.scores + out.logits)
+    assert not np.shares_memory(out.scores[0], out.logits[0])
+    np.testing.assert_array_equal(out.scores[0], out.logits[0])
+
+
 def test_output_scores_only_where_recorded(model_on):
-    with pytest.raises(ValueError, match="output_scores are recorded for greedy decoding and sampling, not for "
-                                         "beam_search"):
+    with pytest.raises(ValueError, match=r"output_scores: recorded for greedy decoding and sampling only, not for "
+                                         r"beam_search \(beam search returns sequences_scores\)"):
         generate(model_on("numpy"), PROMPT, max_new_tokens=2, num_beams=2, output_scores=True)
+    with pytest.raises(ValueError, match="return_dict_in_generate .not needed here"):
+        generate(model_on("numpy"), PROMPT, max_new_tokens=2, return_dict_in_generate=True)
     with pytest.raises(ValueError, match="output_logits must be True or False, got 1"):
         generate(model_on("numpy"), PROMPT, max_new_tokens=2, output_logits=1)
 

@@ -79,7 +79,7 @@ def check_logits_to_keep(folder, vocab_size: int):
     model = scratch.models.load(folder)
     ids = random_ids(vocab_size, B=2, T=12, seed=5)
     full = model(ids)
-    for k in (1, 5, 12, 40, 0):
+    for k in (1, 5, 12, 40, 0, np.int64(3)):
         kept = model(ids, logits_to_keep=k)
         np.testing.assert_allclose(kept, full[:, max(0, 12 - k) if k else 0:], atol=1e-5, rtol=0, err_msg=f"k={k}")
     cache = model.new_cache(2, 16)

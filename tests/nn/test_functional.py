@@ -59,8 +59,30 @@ def test_embedding_matches_torch(backend):
 
 
 def test_embedding_rejects_an_unknown_token_axis():
-    with pytest.raises(ValueError, match="token_axis must be 0 .* got 2"):
-        F.embedding(np.zeros((1, 2), np.int64), np.zeros((4, 3), np.float32), token_axis=2)
+    for bad in (2, True):
+        with pytest.raises(ValueError, match=f"token_axis must be 0 .* got {bad!r}"):
+            F.embedding(np.zeros((1, 2), np.int64), np.zeros((4, 3), np.float32), token_axis=bad)
+
+
+def test_column_lookup_is_row_major():
+    """The (C, V) lookup hands on a row-major array: a strided one would be summed in another order downstream."""
+    table = np.arange(12, dtype=np.float32).reshape(3, 4)             # (C, V) = (3, 4)
+    out = F.embedding(np.array([[2, 0]]), table, token_axis=1)
+    assert out.flags.c_contiguous and out.tolist() == [[[2.0, 6.0, 10.0], [0.0, 4.0, 8.0]]]
+
+
+def test_linear_bias_of_another_dtype_or_shape_still_promotes_and_broadcasts():
+    x, w = np.ones((2, 3), np.float16), np.ones((3, 4), np.float16)
+    assert F.linear(x, w, np.ones(4, np.float32)).dtype == np.float32           # as x @ w + b would
+    assert F.linear(x[0], w, np.ones((2, 4), np.float16)).shape == (2, 4)       # a wider bias broadcasts
+    y = F.linear(x, w, np.ones(4, np.float16))
+    assert y.dtype == np.float16 and (y == 4.0).all()
+
+
+def test_layer_norm_names_a_wrong_parameter_shape():
+    x = np.ones((2, 4), np.float32)
+    with pytest.raises(ValueError, match=r"layer_norm: bias must be \(C,\) = \(4,\), got \(1, 4\)"):
+        F.layer_norm(x, np.ones(4, np.float32), np.zeros((1, 4), np.float32))
 
 
 def test_layer_norm_matches_torch(backend):
