@@ -121,6 +121,8 @@ def run_model(name: str, hf_config, args, np, torch, transformers, results: list
         mark = "ok" if ratio >= bar else "BELOW"
         print(f"  {strategy:<8} {batch:>2} {tps_ours:>11.1f} {tps_hf:>13.1f} {ratio:>5.2f}x {bar:>4.1f}x {mark}")
         results.append((name, strategy, batch, tps_ours, tps_hf, ratio, bar))
+        if name == "124M" and strategy == "greedy" and batch == 1 and args.backend == "numpy":
+            matmul_floor(ours, hf, np, torch)
         if name == "124M" and strategy == "greedy" and batch == 1:
             weight_bytes = 4 * (ours.parameter_count() - ours.wpe.shape[0] * ours.wpe.shape[1])
             bandwidth = _bandwidth_gbs(np)
@@ -129,6 +131,40 @@ def run_model(name: str, hf_config, args, np, torch, transformers, results: list
             print(f"  roofline: {weight_bytes / 1e6:.0f} MB of weights per step at {bandwidth:.1f} GB/s = "
                   f"{roofline_ms:.1f} ms/step; ours {per_token_ms:.1f} ms/token (prefill included) = "
                   f"{roofline_ms / per_token_ms:.0%} of the roofline")
+
+
+def matmul_floor(ours, hf, np, torch, rounds: int = 3) -> None:
+    """One decoding step's matrix products ALONE -- every weight matrix once, then the head -- for 1, 4 and 8 rows,
+    with NumPy's BLAS (our weights) and PyTorch's (transformers' weights): what each library's BLAS needs just to
+    stream the weights once per step. A generate() ratio cannot exceed this floor ratio by much, since both sides
+    also pay everything else."""
+    names = ("qkv_w", "attn_proj_w", "fc_w", "proj_w")
+    ours_mats = [getattr(layer, n) for layer in ours.layers for n in names] + [ours.head]       # (C_in, C_out)
+    hf_mats = [m.weight for block in hf.transformer.h
+               for m in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj)]   # Conv1D (in, out)
+
+    C, F = ours.config.n_embd, ours.config.n_inner
+
+    def step_ms(matmul, mats, make):
+        xs = {k: make(k) for k in (C, F)}                       # (rows, C_in) inputs; the head's C_in is C
+        times = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            for w in mats:
+                matmul(xs[F if w.shape[0] == F else C], w)
+            times.append(time.perf_counter() - start)
+        return min(times) * 1e3
+
+    print("  one step's matrix products alone (weights streamed once, then the head), ms -- ours NumPy/BLAS vs "
+          "PyTorch:")
+    with torch.no_grad():
+        head = hf.lm_head.weight                                                                 # (V, C)
+        for rows in (1, 4, 8):
+            a = step_ms(lambda x, w: x @ w, ours_mats, lambda k: np.ones((rows, k), np.float32))
+            b = step_ms(lambda x, w: x @ w if w is not head else torch.nn.functional.linear(x, w), hf_mats + [head],
+                        lambda k: torch.ones(rows, k))
+            print(f"    {rows} row{'s' if rows > 1 else ' '}: ours {a:6.1f}   PyTorch {b:6.1f}   PyTorch/ours "
+                  f"{b / a:.2f}x")
 
 
 def main(argv: list[str] | None = None) -> int:
