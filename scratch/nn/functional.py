@@ -136,18 +136,27 @@ _ERFC_CHEB = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806,
 
 def _erf_pieces(xp, x):
     """(erf(x) for |x| < 0.5 by the series, erfc(|x|) by the Chebyshev fit), each safe to evaluate everywhere."""
+    # Both Horner loops update ONE buffer in place (p = p * u + c, the same operations in the same order as
+    # p = c + u * p): ~20 fewer full-size temporaries, which made GELU on a BERT activation several times faster.
     small = xp.clip(x, -0.5, 0.5)                 # clipped so the unused branch never overflows
     s2 = small * small
-    series = _ERF_SERIES[-1]
-    for c in reversed(_ERF_SERIES[:-1]):          # Horner in x^2
-        series = c + s2 * series
-    series = small * series
+    series = s2 * _ERF_SERIES[-1]
+    for c in reversed(_ERF_SERIES[1:-1]):         # Horner in x^2
+        series += c
+        series *= s2
+    series += _ERF_SERIES[0]
+    series *= small
     z = xp.clip(xp.abs(x), 0.0, 10.0)             # erf(10) == 1 in float32 and float64: clip avoids exp underflow
     t = 1.0 / (1.0 + 0.5 * z)
-    poly = _ERFC_CHEB[-1]
-    for c in reversed(_ERFC_CHEB[:-1]):           # Horner in t
-        poly = c + t * poly
-    erfc = t * xp.exp(poly - z * z)
+    poly = t * _ERFC_CHEB[-1]
+    for c in reversed(_ERFC_CHEB[1:-1]):          # Horner in t
+        poly += c
+        poly *= t
+    poly += _ERFC_CHEB[0]
+    z *= z
+    poly -= z                                     # P(t) - z^2
+    erfc = xp.exp(poly)
+    erfc *= t
     return series, erfc
 
 
@@ -176,7 +185,9 @@ def gelu(x):
     """Exact GELU, x * Phi(x) = 0.5 x (1 + erf(x / sqrt(2))): BERT's "gelu" and torch's default."""
     xp = _xp(x)
     x32, out_dtype = _upcast(xp, x)
-    y = 0.5 * x32 * _one_plus_erf(xp, x32 * (1.0 / math.sqrt(2.0)))
+    y = _one_plus_erf(xp, x32 * (1.0 / math.sqrt(2.0)))     # a fresh buffer, finished in place
+    y *= x32
+    y *= 0.5                                                 # scaling by 0.5 is exact: the same as (0.5 x) (1 + erf)
     return _cast(xp, y, out_dtype)
 
 
