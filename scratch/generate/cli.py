@@ -4,8 +4,10 @@
 it is produced (greedy and sampling stream token by token; beam, contrastive and speculative decoding print once at
 the end). `scratch compare-decoding ... "prompt"` runs the same prompt through several strategies (greedy, sampling,
 top-k, top-p, min-p, beam search, contrastive search) and prints one line per strategy. Options use transformers'
-names with dashes. EOS is the model config's eos_token_id when it lies inside the vocabulary. Not here: chat
-templates, interactive sessions.
+names with dashes. EOS is the model config's eos_token_id when it lies inside the vocabulary. BOS (--bos auto):
+a Llama prompt starts with the config's bos_token_id, as Hugging Face's Llama tokenizers add it and the checkpoints
+were trained with it; a GPT-2 prompt does not (GPT2Tokenizer adds nothing). Not here: chat templates, interactive
+sessions.
 """
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repetition-penalty", type=float, default=None, help="CTRL repetition penalty (> 1 punishes)")
     p.add_argument("--no-repeat-ngram-size", type=int, default=None, metavar="N", help="ban repeated n-grams")
     p.add_argument("--stop", action="append", default=None, metavar="TEXT", help="a stop string (repeatable)")
+    p.add_argument("--bos", choices=("auto", "yes", "no"), default="auto",
+                   help="start the prompt with the model's bos_token_id: auto (default) for Llama, not for GPT-2")
 
 
 def register(subparsers) -> None:
@@ -72,9 +76,27 @@ def _load(args):
     tokenizer = load_tokenizer(args.tokenizer)
     model = _load_causal_lm(args.model, args)
     ids = tokenizer.encode(args.prompt)
+    bos = _bos_id(args.bos, model)
+    if bos is not None and ids[:1] != [bos]:
+        ids = [bos] + ids
     if not ids:
         raise ValueError("the prompt is empty: give some text to continue")
     return model, tokenizer, ids
+
+
+def _bos_id(choice: str, model) -> int | None:
+    """The id to put first in the prompt, or None: --bos yes/no, or auto (Llama yes, GPT-2 no)."""
+    from scratch.models.llama import Llama
+
+    bos = getattr(model.config, "bos_token_id", None)
+    if choice == "no" or (choice == "auto" and not isinstance(model, Llama)):
+        return None
+    if bos is None or not 0 <= bos < model.n_vocab:
+        if choice == "yes":
+            raise ValueError(f"--bos yes: the model config's bos_token_id ({bos!r}) is not an id of its "
+                             f"{model.n_vocab}-token vocabulary")
+        return None
+    return bos
 
 
 def _base_kwargs(args, model) -> dict:

@@ -82,7 +82,9 @@ def stream_generate(model, tokenizer, prompt, config: GenerationConfig | None = 
                     **kwargs) -> Iterator[StreamEvent]:
     """Yield StreamEvents while generating (greedy or sampling; kwargs as for `generate`).
 
-    prompt: text (one row), a list of texts (a batch, left-padded), or token ids. For each step, each unfinished
+    prompt: text (one row), a list of texts (a batch, left-padded), or token ids. Text is encoded as it is, with no
+    BOS: a Llama model expects its bos_token_id first, so pass ids that start with it (`scratch generate` does
+    this with --bos auto). For each step, each unfinished
     row yields its token and text piece; a row's last event has finished=True (after its EOS/stop string or at the
     length limit) and a final flush event (token None) follows when the decoder held back bytes.
     """

@@ -65,6 +65,36 @@ def test_generate_stop_string(files, capsys):
     assert stop in PROMPT + text and full.startswith(text) and len(text) < len(full)
 
 
+@pytest.fixture(scope="module")
+def llama_folder(tmp_path_factory):
+    """A tiny Llama (vocabulary V, bos_token_id 1) saved by transformers."""
+    folder = tmp_path_factory.mktemp("cli_llama")
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.2, bos_token_id=1,
+        eos_token_id=None, pad_token_id=None)).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize("choice, with_bos", [("auto", True), ("yes", True), ("no", False)])
+def test_generate_starts_a_llama_prompt_with_bos(files, llama_folder, capsys, choice, with_bos):
+    """--bos auto gives a Llama prompt its BOS first (as Llama's own tokenizers do); --bos no leaves it out."""
+    _, tok_path = files
+    tokenizer = BPETokenizer.load(tok_path)
+    ids = ([1] if with_bos else []) + tokenizer.encode(PROMPT)
+    expected = generate(scratch.models.load(llama_folder), [ids], max_new_tokens=8).sequences[0, len(ids):]
+    assert main(["generate", "--model", llama_folder, "--tokenizer", tok_path, "--max-new-tokens", "8",
+                 "--bos", choice, PROMPT]) == 0
+    assert capsys.readouterr().out == tokenizer.decode(expected.tolist()) + "\n"
+
+
+def test_bos_yes_needs_a_bos_id(files, capsys):
+    model_dir, tok_path = files                     # this GPT-2 was saved with bos_token_id=None
+    assert main(["generate", "--model", model_dir, "--tokenizer", tok_path, "--bos", "yes", PROMPT]) != 0
+    assert "--bos yes: the model config's bos_token_id (None)" in capsys.readouterr().err
+
+
 def test_compare_decoding_lists_each_strategy(files, capsys):
     model_dir, tok_path = files
     assert main(["compare-decoding", "--model", model_dir, "--tokenizer", tok_path, "--max-new-tokens", "6",
