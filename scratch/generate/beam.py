@@ -21,6 +21,7 @@ import numpy as np  # host side only: the (B, K) survivors' bookkeeping, token i
 import backends
 from scratch.generate.processors import apply, build_processors, log_softmax, softmax
 from scratch.generate.sampling import sample_from_probs
+from scratch.generate.stopping import StopStrings
 
 __all__ = ["beam_search", "beam_sample", "group_beam_search", "top_k", "top_k_reference"]
 
@@ -88,8 +89,9 @@ def _sample_without_replacement(rng, backend, scores, k: int):
 # Shared plumbing
 # ---------------------------------------------------------------------------------------------------------------
 
-def _check(model, prompt, config, what: str) -> int:
-    """Checks shared by the beam strategies; returns the number of new tokens at most."""
+def _check(model, prompt, config, what: str, decode=None) -> int:
+    """Checks shared by the beam strategies; returns the number of new tokens at most. Stop strings are for beam
+    search and beam sampling (with `decode`); group beam search follows transformers 4, which had none."""
     nb = config.num_beams
     if isinstance(nb, bool) or not isinstance(nb, int) or nb < 1:
         raise ValueError(f"num_beams must be an integer >= 1, got {nb!r}")
@@ -97,8 +99,10 @@ def _check(model, prompt, config, what: str) -> int:
         raise ValueError(f"num_return_sequences ({config.num_return_sequences}) must be <= num_beams ({nb})")
     if nb % config.num_beam_groups:
         raise ValueError(f"num_beams ({nb}) must be divisible by num_beam_groups ({config.num_beam_groups})")
-    if config.stop_strings is not None:
-        raise ValueError(f"stop_strings are not supported by {what} (EOS ids and length limits are)")
+    if config.stop_strings is not None and (what == "group beam search" or decode is None):
+        raise ValueError(f"stop_strings are not supported by {what} (EOS ids and length limits are)"
+                         if what == "group beam search" else
+                         f"stop_strings {config.stop_strings!r} need a tokenizer: pass tokenizer= to generate")
     T = prompt.length
     total = config.resolved_max_length(T)
     if total <= T:
@@ -183,19 +187,21 @@ def _divisor(length: int, length_penalty) -> float:
 # Beam search and beam sampling
 # ---------------------------------------------------------------------------------------------------------------
 
-def beam_search(model, prompt, config):
+def beam_search(model, prompt, config, decode=None):
     """Beam search (num_beams > 1, no sampling): see the module docstring. Returns a GenerateOutput with
-    sequences (B * num_return_sequences, T_out) and sequences_scores (B * num_return_sequences,) float32."""
-    return _beam(model, prompt, config, rng=None)
+    sequences (B * num_return_sequences, T_out) and sequences_scores (B * num_return_sequences,) float32.
+    `decode` (ids -> text) is needed for config.stop_strings: a candidate whose text ends a stop string is finished
+    like one that ends with EOS, as transformers 5 asks its stopping criteria about every candidate."""
+    return _beam(model, prompt, config, rng=None, decode=decode)
 
 
-def beam_sample(model, prompt, config, rng):
+def beam_sample(model, prompt, config, rng, decode=None):
     """Beam sampling: beam search where each step DRAWS the K continuations (without replacement, probability
     softmax of the accumulated, warped log-probabilities) from the host generator `rng`, instead of taking the
     best K. The same seed gives the same tokens on every backend; not the same tokens as torch's sampler."""
     if rng is None:
         rng = backends.rng(config.seed)
-    return _beam(model, prompt, config, rng=rng)
+    return _beam(model, prompt, config, rng=rng, decode=decode)
 
 
 def _still_improvable(improvable, running_scores, finished_scores, is_finished, cur_len, max_length, T, config):
@@ -218,9 +224,9 @@ def _still_improvable(improvable, running_scores, finished_scores, is_finished, 
     return improvable & (best_running > worst_finished).any(axis=1)
 
 
-def _beam(model, prompt, config, rng):
+def _beam(model, prompt, config, rng, decode=None):
     what = "beam sampling" if rng is not None else "beam search"
-    max_new = _check(model, prompt, config, what)
+    max_new = _check(model, prompt, config, what, decode)
     backend = model.backend
     xp = backend.xp
     B, T, nb, V = prompt.batch_size, prompt.length, config.num_beams, model.n_vocab
@@ -230,6 +236,8 @@ def _beam(model, prompt, config, rng):
     processors = build_processors(config, prompt_length=T)
     lp, early = config.length_penalty, config.early_stopping
     pad = prompt.pad_token_id
+    stops = None if config.stop_strings is None else StopStrings(config.stop_strings, decode)
+    starts = T - prompt.lengths                                    # (B,) each row's first real column
 
     # Host state, transformers' names in the comments. Sequences are preallocated to max_length and padded.
     running = np.full((B, nb, max_length), pad, dtype=np.int64)   # running_sequences
@@ -266,6 +274,9 @@ def _beam(model, prompt, config, rng):
         candidates[:, :, cur] = token
         # d. which candidates end here (transformers asks its stopping criteria: EOS, or the length limit).
         hits = np.isin(token, eos) if eos.size else np.zeros((B, K), dtype=bool)
+        if stops is not None:                                      # the decoded text ends a stop string
+            for b, k in zip(*np.nonzero(~hits)):
+                hits[b, k] = stops.row_stops(candidates[b, k, starts[b]:cur + 1].tolist())
         if cur + 1 >= max_length:
             hits[:] = True
         # e. the best num_beams candidates that did not end go on.

@@ -406,8 +406,9 @@ def generate(model, input_ids, config: GenerationConfig | None = None, *, attent
         hint = " (beam search returns sequences_scores)" if mode.startswith(("beam", "group_beam")) else ""
         raise ValueError(f"{' and '.join(recorded)}: recorded for greedy decoding and sampling only, not for {mode}"
                          f"{' with a draft model' if draft_model is not None else ''}{hint}")
-    if config.stop_strings is not None and (mode not in ("greedy_search", "sample") or draft_model is not None):
-        raise ValueError(f"stop_strings work with greedy decoding and sampling, not with {mode}"
+    stop_modes = ("greedy_search", "sample", "beam_search", "beam_sample")
+    if config.stop_strings is not None and (mode not in stop_modes or draft_model is not None):
+        raise ValueError(f"stop_strings work with greedy decoding, sampling and beam search, not with {mode}"
                          f"{' and a draft model' if draft_model is not None else ''}")
     rng = backends.rng(config.seed)
     if draft_model is not None:
@@ -421,10 +422,10 @@ def generate(model, input_ids, config: GenerationConfig | None = None, *, attent
         return speculative.speculative_generate(model, draft_model, prompt, config, rng)
     if mode == "beam_search":
         from scratch.generate import beam
-        return beam.beam_search(model, prompt, config)
+        return beam.beam_search(model, prompt, config, decode)
     if mode == "beam_sample":
         from scratch.generate import beam
-        return beam.beam_sample(model, prompt, config, rng)
+        return beam.beam_sample(model, prompt, config, rng, decode)
     if mode == "group_beam_search":
         from scratch.generate import beam
         return beam.group_beam_search(model, prompt, config)

@@ -16,6 +16,7 @@ import backends
 import scratch.models
 from scratch.generate import beam
 from scratch.generate.generate import generate
+from tests.conftest import require_shared
 
 SCORE_ATOL = 1e-4   # float32 log-prob sums over <= 10 steps; observed ~1e-6
 PROMPTS = np.array([[5, 6, 7, 8, 9], [1, 1, 11, 12, 13]], dtype=np.int64)   # row 1 left-padded with pad id 1
@@ -124,6 +125,56 @@ def test_beam_search_equals_transformers_llama(llama, num_beams, length_penalty,
                     early_stopping=early_stopping, num_return_sequences=nrs)
     if nrs == num_beams and length_penalty <= 1.0:
         assert (seqs[:, PROMPTS.shape[1]:] == frequent[eos]).any()
+
+
+@pytest.fixture(scope="module")
+def gpt2_real_vocab(tmp_path_factory):
+    """(transformers model, the real GPT-2 tokenizer, folder): a tiny random GPT-2 over GPT-2's 50,257 tokens, so
+    transformers' StopStringCriteria (which needs a real tokenizer) can run next to ours (shared data)."""
+    import json
+
+    from transformers import GPT2TokenizerFast
+    files = require_shared("tokenizers", "gpt2")
+    lines = (files / "merges.txt").read_text(encoding="utf-8").split("\n")[1:]   # line 0 is "#version: 0.2"
+    tokenizer = GPT2TokenizerFast(vocab=json.loads((files / "vocab.json").read_text(encoding="utf-8")),
+                                  merges=[tuple(line.split()) for line in lines if line.strip()])
+    torch.manual_seed(2)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=50257, n_positions=64, n_embd=32, n_layer=2, n_head=4, initializer_range=0.2,
+        bos_token_id=None, eos_token_id=None)).eval()
+    return hf, tokenizer, _save(hf, tmp_path_factory, "gpt2_real_vocab")
+
+
+@pytest.mark.parametrize("early_stopping, length_penalty", [(False, 0.0), (True, 1.0), ("never", 2.0)])
+def test_beam_search_stop_strings_equal_transformers(gpt2_real_vocab, early_stopping, length_penalty):
+    """A candidate whose text ends a stop string is a finished hypothesis, as one ending with EOS: same sequences
+    and scores as transformers 5, for a stop string the search actually produces."""
+    hf, tokenizer, folder = gpt2_real_vocab
+    model = scratch.models.load(folder)
+    prompt = np.array([tokenizer.encode("The quick brown fox jumps")], dtype=np.int64)
+    T = prompt.shape[1]
+    # GPT-2's convention, pad = EOS = <|endoftext|>: with no EOS, transformers would fill ended rows with -1.
+    kw = dict(num_beams=3, num_return_sequences=3, max_new_tokens=8, pad_token_id=50256, eos_token_id=50256,
+              do_sample=False, length_penalty=length_penalty, early_stopping=early_stopping)
+    with torch.no_grad():
+        plain = hf.generate(torch.tensor(prompt), **kw).numpy()
+    text = tokenizer.decode(plain[0, T:].tolist())
+    stop = next(text[i:i + 2] for i in range(len(text) // 3, len(text)) if text[i:i + 2].strip())
+    for stops in ([stop], [stop, "\u2603never"]):
+        with torch.no_grad():
+            ref = hf.generate(torch.tensor(prompt), tokenizer=tokenizer, stop_strings=stops,
+                              return_dict_in_generate=True, output_scores=True, **kw)
+        out = generate(model, prompt, tokenizer=tokenizer, stop_strings=stops, **kw)
+        np.testing.assert_array_equal(out.sequences, ref.sequences.numpy())
+        np.testing.assert_allclose(out.sequences_scores, ref.sequences_scores.numpy(), atol=SCORE_ATOL, rtol=0)
+    assert not np.array_equal(out.sequences, plain), f"the stop string {stop!r} changed nothing"
+    if length_penalty == 0.0:   # plain sums of log-probs favour the hypotheses the stop string ended early
+        assert any(stop in tokenizer.decode(row[T:].tolist()) for row in out.sequences)
+    # Beam sampling shares the rule: every returned row ran to the length limit or ends its stop string.
+    sampled = generate(model, prompt, tokenizer=tokenizer, stop_strings=[stop], **{**kw, "do_sample": True, "seed": 0})
+    for row in sampled.sequences[:, T:].tolist():
+        ended = row.index(50256) if 50256 in row else len(row)
+        assert ended == 8 or tokenizer.decode(row[:ended]).find(stop) >= 0, (row, stop)
 
 
 def test_beam_search_same_on_every_backend(gpt2, backend):
@@ -254,7 +305,8 @@ def test_top_k_ties_lower_index_first(backend):
     (dict(num_beams=2, num_return_sequences=3), "num_return_sequences"),
     (dict(num_beams=0), "num_beams"),
     (dict(num_beams=4, num_beam_groups=3), "num_beam_groups"),
-    (dict(num_beams=2, stop_strings="x"), "stop_strings"),
+    (dict(num_beams=2, stop_strings="x"), "stop_strings .* pass tokenizer="),
+    (dict(num_beams=4, num_beam_groups=2, diversity_penalty=0.5, stop_strings="x"), "stop_strings"),
 ])
 def test_bad_settings_name_the_parameter(gpt2, kw, name):
     _, folder, _ = gpt2

@@ -179,8 +179,10 @@ def test_stop_strings_across_token_boundaries(model_on, tokenizer):
 def test_stop_strings_need_a_tokenizer(model_on, tokenizer):
     with pytest.raises(ValueError, match="tokenizer"):
         generate(model_on("numpy"), PROMPT, max_new_tokens=4, stop_strings=["x"])
-    with pytest.raises(ValueError, match="stop_strings work with greedy decoding and sampling, not with beam_search"):
-        generate(model_on("numpy"), PROMPT, max_new_tokens=4, stop_strings=["x"], num_beams=2, tokenizer=tokenizer)
+    with pytest.raises(ValueError, match="stop_strings work with greedy decoding, sampling and beam search, not "
+                                         "with contrastive_search"):
+        generate(model_on("numpy"), PROMPT, max_new_tokens=4, stop_strings=["x"], penalty_alpha=0.6, top_k=4,
+                 tokenizer=tokenizer)
 
 
 def test_sampling_records_the_warped_scores_it_drew_from(model_on, backend):
