@@ -157,15 +157,23 @@ class _Beams:
         return self._scores(logits)
 
 
-def _output(prompt, sequences: np.ndarray, scores: np.ndarray, lengths: np.ndarray, num_return: int):
+def _output(prompt, sequences: np.ndarray, scores: np.ndarray, lengths: np.ndarray, num_return: int,
+            indices: np.ndarray | None = None, recorded: list | None = None, config=None):
     """(B, n, T_max) finished hypotheses, best first -> GenerateOutput of the best num_return per prompt, cut to
-    the prompt plus the longest returned generation."""
+    the prompt plus the longest returned generation. `indices` (B, n, max_new): each hypothesis' beam row per step
+    (-1 past its end), returned as beam_indices; `recorded`: per step (raw logits, processed log-probs)."""
     from scratch.generate.generate import GenerateOutput
     B = sequences.shape[0]
-    T_out = prompt.length + int(lengths[:, :num_return].max())
+    generated = int(lengths[:, :num_return].max())
+    T_out = prompt.length + generated
     seqs = sequences[:, :num_return, :T_out].reshape(B * num_return, T_out).copy()
+    extra = {}
+    if recorded is not None:
+        extra["beam_indices"] = indices[:, :num_return, :generated].reshape(B * num_return, generated).copy()
+        extra["scores"] = tuple(s for _, s in recorded) if config.output_scores else None
+        extra["logits"] = tuple(raw for raw, _ in recorded) if config.output_logits else None
     return GenerateOutput(sequences=seqs,
-                          sequences_scores=scores[:, :num_return].reshape(-1).astype(np.float32))
+                          sequences_scores=scores[:, :num_return].reshape(-1).astype(np.float32), **extra)
 
 
 def _gather(array: np.ndarray, indices: np.ndarray) -> np.ndarray:
@@ -233,7 +241,9 @@ def _beam(model, prompt, config, rng, decode=None):
     max_length = T + max_new
     eos = np.asarray(config.eos_token_ids, dtype=np.int64)
     K = max(2, 1 + eos.size) * nb          # enough candidates that num_beams can go on even if many hit EOS
-    processors = build_processors(config, prompt_length=T)
+    # The repetition penalty skips each beam's left padding, as transformers 5 does (after expanding the mask).
+    padding = np.repeat(T - prompt.lengths, nb).tolist() if prompt.has_padding else None
+    processors = build_processors(config, prompt_length=T, padding_lengths=padding)
     lp, early = config.length_penalty, config.early_stopping
     pad = prompt.pad_token_id
     stops = None if config.stop_strings is None else StopStrings(config.stop_strings, decode)
@@ -247,6 +257,9 @@ def _beam(model, prompt, config, rng, decode=None):
     finished = running.copy()                                      # sequences: the best finished hypotheses
     finished_scores = np.full((B, nb), NEG, dtype=np.float32)      # beam_scores (length-penalised)
     finished_lengths = np.zeros((B, nb), dtype=np.int64)           # generated tokens of each finished hypothesis
+    running_rows = np.full((B, nb, max_new), -1, dtype=np.int64)   # running_beam_indices: the flat beam row
+    finished_rows = running_rows.copy()                            # (b * nb + beam) each step continued; -1 after
+    recorded = [] if (config.output_scores or config.output_logits) else None
     is_finished = np.zeros((B, nb), dtype=bool)                    # is_sent_finished
     improvable = np.ones(B, dtype=bool)                            # is_early_stop_heuristic_unsatisfied
     in_top_nb = np.arange(K) < nb                                  # top_num_beam_mask
@@ -260,6 +273,9 @@ def _beam(model, prompt, config, rng, decode=None):
         if processors:
             context = backend.asarray(running[:, :, :cur].reshape(B * nb, cur), dtype="int64")
             logp = apply(processors, context, logp)
+        if recorded is not None:   # transformers' `logits` and `scores`: (B*nb, V) per step, before the beam sums
+            recorded.append((backend.to_numpy(scores).copy() if config.output_logits else None,
+                             backend.to_numpy(logp).copy() if config.output_scores else None))
         total = logp + backend.asarray(running_scores.reshape(B * nb, 1), dtype="float32")
         total = xp.reshape(total, (B, nb * V))                     # candidate c = beam * V + token
         # c. the K best (or K drawn) continuations of each prompt.
@@ -272,6 +288,8 @@ def _beam(model, prompt, config, rng, decode=None):
         parent, token = flat // V, flat % V                        # (B, K)
         candidates = _gather(running, parent)                      # (B, K, max_length)
         candidates[:, :, cur] = token
+        candidate_rows = _gather(running_rows, parent)             # (B, K, max_new)
+        candidate_rows[:, :, cur - T] = rows * nb + parent
         # d. which candidates end here (transformers asks its stopping criteria: EOS, or the length limit).
         hits = np.isin(token, eos) if eos.size else np.zeros((B, K), dtype=bool)
         if stops is not None:                                      # the decoded text ends a stop string
@@ -283,6 +301,7 @@ def _beam(model, prompt, config, rng, decode=None):
         running_candidates = values + hits.astype(np.float32) * NEG
         keep = _top_host(running_candidates, nb)                   # (B, nb)
         running = _gather(candidates, keep)
+        running_rows = _gather(candidate_rows, keep)
         running_scores = running_candidates[rows, keep]
         parents = (rows * nb + parent[rows, keep]).reshape(-1)     # (B*nb,) the flat row each new beam continues
         # f. the ended candidates among the top num_beams join the finished list if they beat its worst.
@@ -295,6 +314,7 @@ def _beam(model, prompt, config, rng, decode=None):
         merged_scores = np.concatenate([finished_scores, normalised], axis=1)        # (B, nb + K)
         best = _top_host(merged_scores, nb)
         finished = _gather(np.concatenate([finished, candidates], axis=1), best)
+        finished_rows = _gather(np.concatenate([finished_rows, candidate_rows], axis=1), best)
         finished_scores = merged_scores[rows, best]
         finished_lengths = np.concatenate([finished_lengths, np.full((B, K), cur + 1 - T)], axis=1)[rows, best]
         is_finished = np.concatenate([is_finished, just_finished], axis=1)[rows, best]
@@ -305,7 +325,8 @@ def _beam(model, prompt, config, rng, decode=None):
         if not (improvable.any() and open_beam and not hits.all()):
             break
         scores = beams.advance(parents, running[:, :, cur].reshape(-1))
-    return _output(prompt, finished, finished_scores, finished_lengths, config.num_return_sequences)
+    return _output(prompt, finished, finished_scores, finished_lengths, config.num_return_sequences,
+                   finished_rows, recorded, config)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -38,12 +38,18 @@ class GenerateOutput:
         per generated step: the scores after every processor and warper, the ones the token was picked from
         (transformers' `scores`; -inf marks what the warpers removed). Otherwise None.
     logits: with output_logits=True, the same for the model's raw logits (transformers' `logits`), float32.
+        Beam search and beam sampling record them too, (B * num_beams, V) per step, one row per running beam: scores
+        are the processed log-probabilities before the beam's running sum is added, as transformers records them.
+    beam_indices: with output_scores or output_logits in beam search, (B * num_return_sequences, generated) int64:
+        the running-beam row each returned hypothesis continued at each step (-1 after it ended), so
+        scores[t][beam_indices[i, t], sequences[i, T + t]] is the log-probability of its t-th token.
     """
 
     sequences: np.ndarray
     sequences_scores: np.ndarray | None = None
     scores: tuple | None = None
     logits: tuple | None = None
+    beam_indices: np.ndarray | None = None
 
 
 @dataclass
@@ -402,10 +408,9 @@ def generate(model, input_ids, config: GenerationConfig | None = None, *, attent
         raise ValueError(f"streamer works with greedy decoding and sampling, not with {mode}"
                          f"{' and a draft model' if draft_model is not None else ''}")
     recorded = [name for name in ("output_scores", "output_logits") if getattr(config, name)]
-    if recorded and (mode not in ("greedy_search", "sample") or draft_model is not None):
-        hint = " (beam search returns sequences_scores)" if mode.startswith(("beam", "group_beam")) else ""
-        raise ValueError(f"{' and '.join(recorded)}: recorded for greedy decoding and sampling only, not for {mode}"
-                         f"{' with a draft model' if draft_model is not None else ''}{hint}")
+    if recorded and (mode not in ("greedy_search", "sample", "beam_search", "beam_sample") or draft_model is not None):
+        raise ValueError(f"{' and '.join(recorded)}: recorded for greedy decoding, sampling and beam search, not "
+                         f"for {mode}{' with a draft model' if draft_model is not None else ''}")
     stop_modes = ("greedy_search", "sample", "beam_search", "beam_sample")
     if config.stop_strings is not None and (mode not in stop_modes or draft_model is not None):
         raise ValueError(f"stop_strings work with greedy decoding, sampling and beam search, not with {mode}"

@@ -96,6 +96,37 @@ def test_beam_search_equals_transformers_gpt2(gpt2, num_beams, length_penalty, e
         assert (seqs[:, PROMPTS.shape[1]:] == eos_id).any()
 
 
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_beam_search_scores_logits_and_beam_indices_equal_transformers(gpt2, llama, family):
+    """output_scores / output_logits in beam search: per step, (B*num_beams, V) processed log-probs and raw logits,
+    and for each returned hypothesis the beam row it continued at each step -- as transformers records them, with
+    some hypotheses ended early by EOS (-1 after their end)."""
+    hf, folder, frequent = gpt2 if family == "gpt2" else llama
+    model = scratch.models.load(folder, backend="numpy")
+    kw = dict(do_sample=False, max_new_tokens=MAX_NEW, pad_token_id=PAD, eos_token_id=frequent[0], num_beams=3,
+              num_return_sequences=3, length_penalty=1.0, early_stopping=False, repetition_penalty=1.3)
+    with torch.no_grad():
+        ref = hf.generate(torch.tensor(PROMPTS), attention_mask=torch.tensor(MASK), output_scores=True,
+                          output_logits=True, return_dict_in_generate=True, **kw)
+    out = generate(model, PROMPTS, attention_mask=MASK, output_scores=True, output_logits=True, **kw)
+    np.testing.assert_array_equal(out.sequences, ref.sequences.numpy())
+    np.testing.assert_array_equal(out.beam_indices, ref.beam_indices.numpy())
+    assert (out.beam_indices == -1).any(), "no hypothesis ended early: the -1 padding went untested"
+    assert len(out.scores) == len(out.logits) == len(ref.scores)
+    for step, (s, r, lo, rl) in enumerate(zip(out.scores, ref.scores, out.logits, ref.logits)):
+        assert s.shape == (2 * 3, model.n_vocab)
+        np.testing.assert_array_equal(np.isinf(s), np.isinf(r.numpy()), err_msg=f"-inf placement, step {step}")
+        finite = np.isfinite(s)
+        np.testing.assert_allclose(s[finite], r.numpy()[finite], atol=SCORE_ATOL, rtol=0, err_msg=f"step {step}")
+        np.testing.assert_allclose(lo, rl.numpy(), atol=SCORE_ATOL, rtol=0, err_msg=f"logits, step {step}")
+    # What beam_indices are for: each returned token's log-probability, summed, is the hypothesis' score.
+    T = PROMPTS.shape[1]
+    for i, row in enumerate(out.beam_indices):
+        steps = np.nonzero(row >= 0)[0]
+        total = sum(float(out.scores[t][row[t], out.sequences[i, T + t]]) for t in steps)
+        assert np.isclose(total / len(steps), out.sequences_scores[i], atol=1e-4)
+
+
 def test_beam_search_two_eos_ids_gpt2(gpt2):
     """Two EOS ids: K = 3 * num_beams candidates per step."""
     hf, folder, frequent = gpt2

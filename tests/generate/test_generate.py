@@ -217,9 +217,10 @@ def test_recorded_scores_are_float32_copies():
 
 
 def test_output_scores_only_where_recorded(model_on):
-    with pytest.raises(ValueError, match=r"output_scores: recorded for greedy decoding and sampling only, not for "
-                                         r"beam_search \(beam search returns sequences_scores\)"):
-        generate(model_on("numpy"), PROMPT, max_new_tokens=2, num_beams=2, output_scores=True)
+    with pytest.raises(ValueError, match=r"output_scores: recorded for greedy decoding, sampling and beam search, "
+                                         r"not for group_beam_search"):
+        generate(model_on("numpy"), PROMPT, max_new_tokens=2, num_beams=2, num_beam_groups=2, diversity_penalty=0.5,
+                 output_scores=True)
     with pytest.raises(ValueError, match="return_dict_in_generate .not needed here"):
         generate(model_on("numpy"), PROMPT, max_new_tokens=2, return_dict_in_generate=True)
     with pytest.raises(ValueError, match="output_logits must be True or False, got 1"):
