@@ -26,6 +26,7 @@ import os
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,7 +54,8 @@ def same_tokens(device: str, report: dict) -> bool:
 
     prompts = [[5, 17, 33, 2, 9, 41], [7, 7, 60]]
     cases = {"greedy": dict(), "sample": dict(do_sample=True, top_k=20, top_p=0.9, seed=3),
-             "beam 3": dict(num_beams=3, num_return_sequences=2)}
+             "beam 3": dict(num_beams=3, num_return_sequences=2),
+             "beam sample": dict(num_beams=3, do_sample=True, seed=5)}
     ok = True
     report["same_tokens"] = {}
     for family, config in (("gpt2", TINY_GPT2), ("llama", TINY_LLAMA)):
@@ -65,7 +67,7 @@ def same_tokens(device: str, report: dict) -> bool:
             same = a.shape == b.shape and bool((a == b).all())
             ok &= same
             report["same_tokens"][f"{family} {name}"] = same
-            print(f"  {family:<6} {name:<7} numpy vs {device}: {'same tokens' if same else 'DIFFERENT'}")
+            print(f"  {family:<6} {name:<11} numpy vs {device}: {'same tokens' if same else 'DIFFERENT'}")
     return ok
 
 
@@ -159,6 +161,15 @@ def main(argv: list[str] | None = None) -> int:
         report["device"] = f"{props['name'].decode()} (CuPy {cupy.__version__})"
     print(f"device check on {args.backend}" + (f": {report['device']}" if "device" in report else ""))
     ok = True
+
+    def save() -> None:   # after every section: a one-shot device session keeps what finished before a failure
+        if args.out:
+            from scratch.atomic import atomic_write
+
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            with atomic_write(Path(args.out) / "report.json") as f:
+                f.write(json.dumps(report, indent=1))
+
     sections = [("parity", "1. parity report, numpy vs device", lambda: parity(args.backend, report)),
                 ("tokens", "2. same tokens on numpy and the device", lambda: same_tokens(args.backend, report)),
                 ("tests", "3. device cases of the torch-free tests",
@@ -169,15 +180,15 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"\n{title}")
         start = time.perf_counter()
-        ok &= bool(run())
+        try:
+            ok &= bool(run())
+        except Exception:   # report it and go on: the other sections still run
+            ok = False
+            report.setdefault("errors", {})[key] = traceback.format_exc()
+            print(traceback.format_exc(), end="")
         print(f"  ({time.perf_counter() - start:.0f} s)")
-    report["passed"] = ok
-    if args.out:
-        from scratch.atomic import atomic_write
-
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        with atomic_write(Path(args.out) / "report.json") as f:
-            f.write(json.dumps(report, indent=1))
+        report["passed"] = ok
+        save()
     print(f"\ndevice check {'passed' if ok else 'FAILED'}")
     return 0 if ok else 1
 

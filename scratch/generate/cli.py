@@ -203,6 +203,9 @@ def _cmd_compare(args) -> int:
         kwargs = {**base, **extra}
         if kwargs.get("do_sample"):
             kwargs.update(warpers)
+        if "stop_strings" in kwargs and "penalty_alpha" in kwargs:
+            rows.append((name, "(skipped: contrastive search takes no stop strings)"))
+            continue
         try:
             result = generate(model, [ids], tokenizer=tokenizer, **kwargs)
         except (ImportError, AttributeError) as error:   # a strategy whose module is not in this version

@@ -42,7 +42,9 @@ class GenerateOutput:
         are the processed log-probabilities before the beam's running sum is added, as transformers records them.
     beam_indices: with output_scores or output_logits in beam search, (B * num_return_sequences, generated) int64:
         the running-beam row each returned hypothesis continued at each step (-1 after it ended), so
-        scores[t][beam_indices[i, t], sequences[i, T + t]] is the log-probability of its t-th token.
+        scores[t][beam_indices[i, t], sequences[i, T + t]] is the log-probability of its t-th token. Rows of beams
+        that are already dead (running score -1e9: fewer live candidates than beams, e.g. after many stop-string
+        hits) are unspecified: transformers' topk breaks the ties among them in another order.
     """
 
     sequences: np.ndarray

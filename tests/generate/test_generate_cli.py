@@ -95,6 +95,15 @@ def test_bos_yes_needs_a_bos_id(files, capsys):
     assert "--bos yes: the model config's bos_token_id (None)" in capsys.readouterr().err
 
 
+def test_compare_decoding_with_a_stop_string_skips_contrastive(files, capsys):
+    model_dir, tok_path = files
+    assert main(["compare-decoding", "--model", model_dir, "--tokenizer", tok_path, "--max-new-tokens", "6",
+                 "--stop", "zz", PROMPT]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1].startswith("contrastive") and "skipped: contrastive search takes no stop strings" in lines[-1]
+    assert lines[6].startswith("beam 4") and "skipped" not in lines[6]
+
+
 def test_compare_decoding_lists_each_strategy(files, capsys):
     model_dir, tok_path = files
     assert main(["compare-decoding", "--model", model_dir, "--tokenizer", tok_path, "--max-new-tokens", "6",
