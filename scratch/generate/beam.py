@@ -4,8 +4,8 @@ Beam search (as in transformers 5's `_beam_search`, which this file matches toke
 every step scores all num_beams * V one-token continuations by their summed log-probability, keeps the best
 K = max(2, 1 + #EOS) * num_beams, moves those that just ended (EOS, a stop string, the length limit) among the top
 num_beams to a per-prompt list of finished hypotheses scored sum_logprobs / generated_length ** length_penalty, and
-continues with the best num_beams that did not end. `early_stopping` says when a prompt is done (see `_still_improvable`).
-Beam sampling draws the K continuations instead of taking the best. Group beam search (Vijayakumar et al. 2016,
+continues with the best num_beams that did not end. `early_stopping` says when a prompt is done (see
+`_still_improvable`). Beam sampling draws the K continuations instead of taking the best. Group beam search (Vijayakumar et al. 2016,
 "Diverse Beam Search") splits the beams into groups that penalise tokens the earlier groups chose this step; it
 left transformers' core in v5, so it follows transformers 4's `_group_beam_search` and is tested on its properties.
 All B * num_beams beams go through the model in one call; the KV cache is reordered once per step (not at all when
@@ -290,7 +290,7 @@ def _beam(model, prompt, config, rng, decode=None):
         candidates[:, :, cur] = token
         candidate_rows = _gather(running_rows, parent)             # (B, K, max_new)
         candidate_rows[:, :, cur - T] = rows * nb + parent
-        # d. which candidates end here (transformers asks its stopping criteria: EOS, or the length limit).
+        # d. which candidates end here (transformers asks its stopping criteria: EOS, stop strings, the length limit).
         hits = np.isin(token, eos) if eos.size else np.zeros((B, K), dtype=bool)
         if stops is not None:                                      # the decoded text ends a stop string
             for b, k in zip(*np.nonzero(~hits)):
@@ -370,8 +370,9 @@ def group_beam_search(model, prompt, config):
 
     Each step the groups choose in order; group g's log-probabilities are lowered by diversity_penalty times the
     number of times each token was chosen this step by groups 0..g-1 of the same prompt (Hamming diversity), applied
-    where transformers 4 applied it: after the sequence bias, before the other processors. Each group then does one step of beam search on its own beams (its best
-    2 * group_size candidates; ended ones among the top group_size become hypotheses of that group). A group whose
+    where transformers 4 applied it: after the sequence bias, before the other processors. Each group then does one
+    step of beam search on its own beams (its best 2 * group_size candidates; ended ones among the top group_size
+    become hypotheses of that group). A group whose
     hypotheses cannot improve is done (it then appends pad tokens). The result: the best num_return_sequences
     hypotheses over all groups of a prompt, with running beams added as hypotheses at the end.
     """
