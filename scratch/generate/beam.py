@@ -1,16 +1,17 @@
 """Beam search, beam sampling and diverse (group) beam search: keep the num_beams best partial sequences per prompt.
 
 Beam search (as in transformers 5's `_beam_search`, which this file matches token for token and score for score):
-every step scores all num_beams * V one-token continuations by their summed log-probability, keeps the best
-K = max(2, 1 + #EOS) * num_beams, moves those that just ended (EOS, a stop string, the length limit) among the top
+every step scores all num_beams * V one-token continuations by their summed log-probability, keeps the best K =
+max(2, 1 + #EOS) * num_beams, moves those that just ended (EOS, a stop string, the length limit) among the top
 num_beams to a per-prompt list of finished hypotheses scored sum_logprobs / generated_length ** length_penalty, and
 continues with the best num_beams that did not end. `early_stopping` says when a prompt is done (see
-`_still_improvable`). Beam sampling draws the K continuations instead of taking the best. Group beam search (Vijayakumar et al. 2016,
-"Diverse Beam Search") splits the beams into groups that penalise tokens the earlier groups chose this step; it
-left transformers' core in v5, so it follows transformers 4's `_group_beam_search` and is tested on its properties.
-All B * num_beams beams go through the model in one call; the KV cache is reordered once per step (not at all when
-no beam changed parent). Selection runs on the model's backend; the few surviving candidates (B, K) are copied to
-the host, where the bookkeeping and the stopping rules (which need the ids anyway) run in float32 NumPy.
+`_still_improvable`). Beam sampling draws the K continuations instead of taking the best. Group beam search
+(Vijayakumar et al. 2016, "Diverse Beam Search") splits the beams into groups that penalise tokens the earlier
+groups chose this step; it left transformers' core in v5, so it follows transformers 4's `_group_beam_search` and is
+tested on its properties. All B * num_beams beams go through the model in one call; the KV cache is reordered once
+per step (not at all when no beam changed parent). Selection runs on the model's backend; the few surviving
+candidates (B, K) are copied to the host, where the bookkeeping and the stopping rules (which need the ids anyway)
+run in float32 NumPy.
 """
 from __future__ import annotations
 
