@@ -8,7 +8,9 @@ different lengths). Tokens/s = returned new tokens (B x max_new_tokens; EOS is d
 wall time of the whole call, prompt prefill included. Each figure is the median of alternating rounds (ours,
 transformers, ours, ...), so a burst of load from other processes hits both alike; timings are noisy on shared cores
 all the same.
-The 124M batch-1 greedy step is also set against the memory roofline (weight bytes / measured bandwidth).
+The 124M batch-1 greedy step is also set against the memory roofline (weight bytes / measured bandwidth), and one
+step's matrix products alone are timed with both BLAS libraries (CPU runs only). With --backend cupy on a machine
+whose torch has CUDA, transformers runs on the GPU too: CuPy against PyTorch CUDA, the issue's GPU comparison.
 Run:  python bench/bench_generate.py [--quick] [--only small|124m] [--backend numpy|cupy] [--blas-threads N]
 """
 from __future__ import annotations
@@ -80,8 +82,13 @@ def run_model(name: str, hf_config, args, np, torch, transformers, results: list
         hf.save_pretrained(folder)
         ours = scratch.models.load(folder, backend=args.backend)
     sync = ours.backend.synchronize
+    # On a GPU the peer is PyTorch CUDA (the issue's comparison there): CuPy against torch on the same device.
+    device = "cuda" if args.backend == "cupy" and torch.cuda.is_available() else "cpu"
+    hf = hf.to(device)
+    torch_sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     new_tokens = args.new_tokens
-    print(f"\n{name}: {ours!r}, prompt {args.prompt_len} tokens, {new_tokens} new tokens per row")
+    print(f"\n{name}: {ours!r}, prompt {args.prompt_len} tokens, {new_tokens} new tokens per row; transformers on "
+          f"{device}")
     print(f"  {'strategy':<8} {'B':>2} {'ours tok/s':>11} {'transformers':>13} {'ratio':>6} {'bar':>5}")
     for strategy, batch in [(s, b) for b in (1, 8) for s in STRATEGIES]:
         if (name, strategy, batch) not in BARS:
@@ -104,8 +111,9 @@ def run_model(name: str, hf_config, args, np, torch, transformers, results: list
         def hf_once():
             start = time.perf_counter()
             with torch.no_grad():
-                out = hf.generate(torch.tensor(ids), attention_mask=torch.tensor(mask), max_new_tokens=new_tokens,
-                                  min_new_tokens=new_tokens, pad_token_id=0, **hf_kwargs)
+                out = hf.generate(torch.tensor(ids, device=device), attention_mask=torch.tensor(mask, device=device),
+                                  max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0, **hf_kwargs)
+            torch_sync()
             assert out.shape[1] == args.prompt_len + new_tokens
             return time.perf_counter() - start
 
@@ -123,7 +131,7 @@ def run_model(name: str, hf_config, args, np, torch, transformers, results: list
         results.append((name, strategy, batch, tps_ours, tps_hf, ratio, bar))
         if name == "124M" and strategy == "greedy" and batch == 1 and args.backend == "numpy":
             matmul_floor(ours, hf, np, torch)
-        if name == "124M" and strategy == "greedy" and batch == 1:
+        if name == "124M" and strategy == "greedy" and batch == 1 and args.backend == "numpy":
             weight_bytes = 4 * (ours.parameter_count() - ours.wpe.shape[0] * ours.wpe.shape[1])
             bandwidth = _bandwidth_gbs(np)
             roofline_ms = weight_bytes / (bandwidth * 1e9) * 1e3
