@@ -126,14 +126,17 @@ def _eos_ids(kwargs) -> set:
     return set() if eos is None else ({eos} if isinstance(eos, int) else set(eos))
 
 
-def _new_text(tokenizer, sequence, prompt_len: int, eos: set) -> str:
-    """The generated part of one output row as text, cut at its first EOS (padding after it dropped)."""
+def _new_text(tokenizer, sequence, prompt_len: int, eos: set, stops=None) -> str:
+    """The generated part of one output row as text, cut at its first EOS, or after the first stop string it
+    completes (a row that ended there is padded after it, and the pad id may be a real token's)."""
     ids = [int(t) for t in sequence[prompt_len:]]
     for i, t in enumerate(ids):
         if t in eos:
             ids = ids[:i]
             break
-    return tokenizer.decode(ids)
+    text = tokenizer.decode(ids)
+    ends = [text.find(s) + len(s) for s in (stops or ()) if s in text]
+    return text[:min(ends)] if ends else text
 
 
 def _cmd_generate(args) -> int:
@@ -170,7 +173,7 @@ def _cmd_generate(args) -> int:
         kwargs.update(_warpers(args))
         kwargs["do_sample"] = bool(_warpers(args))
     result = generate(model, [ids], draft_model=draft, tokenizer=tokenizer, **kwargs)
-    out.write(_new_text(tokenizer, result.sequences[0], len(ids), eos) + "\n")
+    out.write(_new_text(tokenizer, result.sequences[0], len(ids), eos, args.stop) + "\n")
     return 0
 
 
@@ -211,7 +214,7 @@ def _cmd_compare(args) -> int:
         except (ImportError, AttributeError) as error:   # a strategy whose module is not in this version
             rows.append((name, f"(not available: {error})"))
             continue
-        text = _new_text(tokenizer, result.sequences[0], len(ids), eos)
+        text = _new_text(tokenizer, result.sequences[0], len(ids), eos, args.stop)
         rows.append((name, printable(text)))
     width = max(len(name) for name, _ in rows)
     print(f"prompt: {args.prompt!r}")

@@ -95,6 +95,32 @@ def test_bos_yes_needs_a_bos_id(files, capsys):
     assert "--bos yes: the model config's bos_token_id (None)" in capsys.readouterr().err
 
 
+def test_generate_beam_with_a_stop_string(files, capsys):
+    """--strategy beam --stop: the stop string ends hypotheses (beam search takes stop strings)."""
+    model_dir, tok_path = files
+    tokenizer = BPETokenizer.load(tok_path)
+    stop = _expected(files, max_new_tokens=12)[2:4]
+    ids = tokenizer.encode(PROMPT)
+    out = generate(scratch.models.load(model_dir), [ids], max_new_tokens=12, num_beams=4, stop_strings=[stop],
+                   tokenizer=tokenizer).sequences[0, len(ids):]
+    assert main(["generate", "--model", model_dir, "--tokenizer", tok_path, "--max-new-tokens", "12", "--strategy",
+                 "beam", "--stop", stop, PROMPT]) == 0
+    text = tokenizer.decode(out.tolist())
+    if stop in text:   # the row ended on the stop string: the padding after it is not printed
+        text = text[:text.find(stop) + len(stop)]
+    assert capsys.readouterr().out == text + "\n"
+
+
+def test_new_text_drops_the_padding_after_a_stop_string(files):
+    from scratch.generate.cli import _new_text
+    tokenizer = BPETokenizer.load(files[1])
+    prompt, body, pad = tokenizer.encode("the"), tokenizer.encode(" quick brown fox"), tokenizer.encode("!")
+    row = prompt + body + pad * 3                       # a beam hypothesis that ended on "brown", padded with "!"
+    assert _new_text(tokenizer, row, len(prompt), set(), ["own"]) == " quick brown"
+    assert _new_text(tokenizer, row, len(prompt), set()) == " quick brown fox!!!"
+    assert _new_text(tokenizer, row, len(prompt), {body[-1]}) == tokenizer.decode(body[:-1])   # EOS cuts first
+
+
 def test_compare_decoding_with_a_stop_string_skips_contrastive(files, capsys):
     model_dir, tok_path = files
     assert main(["compare-decoding", "--model", model_dir, "--tokenizer", tok_path, "--max-new-tokens", "6",
