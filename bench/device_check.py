@@ -81,21 +81,9 @@ def torch_free_tests(device: str, report: dict, quick: bool) -> bool:
     return done.returncode == 0
 
 
-def _timed(fn, sync, repeats: int) -> float:
-    """Median seconds of fn() over `repeats` runs after one warm-up, synchronising the device around each."""
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
-
-
 def speed(device: str, report: dict, quick: bool) -> None:
     import numpy as np
+    from bench_models import _median_time   # its module level imports only the standard library
 
     import scratch.models
     from scratch.generate import generate
@@ -115,7 +103,7 @@ def speed(device: str, report: dict, quick: bool) -> None:
         def prefill():
             model(prefill_ids, cache=model.new_cache(1, 512), logits_to_keep=1)
 
-        row["prefill 512 (ms)"] = _timed(prefill, sync, repeats) * 1e3
+        row["prefill 512 (ms)"] = _median_time(prefill, repeats, sync) * 1e3
         for batch in (1, 8):
             cache = model.new_cache(batch, 128)
             model(rng.integers(0, config.vocab_size, (batch, 64)), cache=cache)
@@ -125,14 +113,14 @@ def speed(device: str, report: dict, quick: bool) -> None:
                 model(step_ids, cache=cache)
                 cache.crop(64)
 
-            row[f"decode step B={batch} at 64 (ms)"] = _timed(step, sync, repeats * 4) * 1e3
+            row[f"decode step B={batch} at 64 (ms)"] = _median_time(step, repeats * 4, sync) * 1e3
         prompt = rng.integers(0, config.vocab_size, (8, 16)).tolist()
         for label, kwargs, rows in (("greedy B=1", dict(), 1), ("sample B=1", dict(do_sample=True, top_k=50,
                                     top_p=0.9, seed=0), 1), ("beam4 B=1", dict(num_beams=4), 1),
                                     ("greedy B=8", dict(), 8), ("sample B=8", dict(do_sample=True, top_k=50,
                                     top_p=0.9, seed=0), 8)):
-            seconds = _timed(lambda: generate(model, prompt[:rows], max_new_tokens=new_tokens, pad_token_id=0,
-                                              **kwargs), sync, max(1, repeats // 2))
+            seconds = _median_time(lambda: generate(model, prompt[:rows], max_new_tokens=new_tokens, pad_token_id=0,
+                                                    **kwargs), max(1, repeats // 2), sync)
             row[f"generate {label} (tok/s)"] = rows * new_tokens / seconds
         report["speed"][name] = row
         print(f"  {name}: " + "; ".join(f"{k} {v:.1f}" for k, v in row.items()))

@@ -20,6 +20,8 @@ import math
 import numpy as np  # host side only: the (B, K) survivors' bookkeeping, token ids and masks
 
 import backends
+from scratch.generate.generate import (GenerateOutput, last_scores, processors_for, record_step,
+                                       recorded_outputs)
 from scratch.generate.processors import apply, build_processors, log_softmax, softmax
 from scratch.generate.sampling import sample_from_probs
 from scratch.generate.stopping import StopStrings
@@ -100,10 +102,10 @@ def _check(model, prompt, config, what: str, decode=None) -> int:
         raise ValueError(f"num_return_sequences ({config.num_return_sequences}) must be <= num_beams ({nb})")
     if nb % config.num_beam_groups:
         raise ValueError(f"num_beams ({nb}) must be divisible by num_beam_groups ({config.num_beam_groups})")
-    if config.stop_strings is not None and (what == "group beam search" or decode is None):
-        raise ValueError(f"stop_strings are not supported by {what} (EOS ids and length limits are)"
-                         if what == "group beam search" else
-                         f"stop_strings {config.stop_strings!r} need a tokenizer: pass tokenizer= to generate")
+    if config.stop_strings is not None and what == "group beam search":
+        raise ValueError(f"stop_strings are not supported by {what} (EOS ids and length limits are)")
+    if config.stop_strings is not None and decode is None:
+        raise ValueError(f"stop_strings {config.stop_strings!r} need a tokenizer: pass tokenizer= to generate")
     T = prompt.length
     total = config.resolved_max_length(T)
     if total <= T:
@@ -141,8 +143,7 @@ class _Beams:
         self.first = xp.take(last, xp.asarray(np.repeat(np.arange(B), num_beams), dtype=xp.int64), axis=0)
 
     def _scores(self, logits):
-        xp = self.backend.xp
-        return xp.astype(logits[:, -1, :], xp.float32)   # transformers scores in float32 whatever the model dtype
+        return last_scores(self.backend.xp, logits)   # transformers scores in float32 whatever the model dtype
 
     def advance(self, parents: np.ndarray, tokens: np.ndarray):
         """parents (B*nb,) host int: the row each new row continues; tokens (B*nb,) host int64."""
@@ -163,16 +164,13 @@ def _output(prompt, sequences: np.ndarray, scores: np.ndarray, lengths: np.ndarr
     """(B, n, T_max) finished hypotheses, best first -> GenerateOutput of the best num_return per prompt, cut to
     the prompt plus the longest returned generation. `indices` (B, n, max_new): each hypothesis' beam row per step
     (-1 past its end), returned as beam_indices; `recorded`: per step (raw logits, processed log-probs)."""
-    from scratch.generate.generate import GenerateOutput
     B = sequences.shape[0]
     generated = int(lengths[:, :num_return].max())
     T_out = prompt.length + generated
     seqs = sequences[:, :num_return, :T_out].reshape(B * num_return, T_out).copy()
-    extra = {}
+    extra = recorded_outputs(recorded, config)
     if recorded is not None:
         extra["beam_indices"] = indices[:, :num_return, :generated].reshape(B * num_return, generated).copy()
-        extra["scores"] = tuple(s for _, s in recorded) if config.output_scores else None
-        extra["logits"] = tuple(raw for raw, _ in recorded) if config.output_logits else None
     return GenerateOutput(sequences=seqs,
                           sequences_scores=scores[:, :num_return].reshape(-1).astype(np.float32), **extra)
 
@@ -243,8 +241,7 @@ def _beam(model, prompt, config, rng, decode=None):
     eos = np.asarray(config.eos_token_ids, dtype=np.int64)
     K = max(2, 1 + eos.size) * nb          # enough candidates that num_beams can go on even if many hit EOS
     # The repetition penalty skips each beam's left padding, as transformers 5 does (after expanding the mask).
-    padding = np.repeat(T - prompt.lengths, nb).tolist() if prompt.has_padding else None
-    processors = build_processors(config, prompt_length=T, padding_lengths=padding)
+    processors = processors_for(config, prompt.repeat(nb))
     lp, early = config.length_penalty, config.early_stopping
     pad = prompt.pad_token_id
     stops = None if config.stop_strings is None else StopStrings(config.stop_strings, decode)
@@ -275,8 +272,7 @@ def _beam(model, prompt, config, rng, decode=None):
             context = backend.asarray(running[:, :, :cur].reshape(B * nb, cur), dtype="int64")
             logp = apply(processors, context, logp)
         if recorded is not None:   # transformers' `logits` and `scores`: (B*nb, V) per step, before the beam sums
-            recorded.append((backend.to_numpy(scores).copy() if config.output_logits else None,
-                             backend.to_numpy(logp).copy() if config.output_scores else None))
+            record_step(recorded, backend, config, scores, logp)
         total = logp + backend.asarray(running_scores.reshape(B * nb, 1), dtype="float32")
         total = xp.reshape(total, (B, nb * V))                     # candidate c = beam * V + token
         # c. the K best (or K drawn) continuations of each prompt.

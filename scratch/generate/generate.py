@@ -318,7 +318,7 @@ def decode_steps(model, prompt: Prompt, config: GenerationConfig, rng: np.random
     # Prefill once; only the last position's logits are read, so only they go through the head.
     logits = model(backend.asarray(prompt.input_ids, dtype="int64"), cache=cache,
                    attention_mask=None if mask is None else mask[:, :T], logits_to_keep=1)   # (B, 1, V)
-    scores = _last_scores(xp, logits)                              # (B, V): left padding -> last column is real
+    scores = last_scores(xp, logits)                               # (B, V): left padding -> last column is real
     finished = np.zeros(B, dtype=bool)
     for step in range(max_new):
         cur = T + step                                             # tokens so far
@@ -326,8 +326,7 @@ def decode_steps(model, prompt: Prompt, config: GenerationConfig, rng: np.random
         if processors:
             scores = apply(processors, dev_ids[:, :cur], scores)
         if record is not None:
-            record.append((np.array(backend.to_numpy(raw)) if config.output_logits else None,
-                           np.array(backend.to_numpy(scores)) if config.output_scores else None))
+            record_step(record, backend, config, raw, scores)
         if sampling:
             tokens = sample(scores, uniforms[:, step])
         else:
@@ -350,13 +349,28 @@ def decode_steps(model, prompt: Prompt, config: GenerationConfig, rng: np.random
             return
         logits = model(xp.reshape(tokens, (B, 1)), cache=cache,
                        attention_mask=None if mask is None else mask[:, :cur + 1])   # (B, 1, V)
-        scores = _last_scores(xp, logits)
+        scores = last_scores(xp, logits)
 
 
-def _last_scores(xp, logits):
+def last_scores(xp, logits):
     """The last position's logits (B, V) as float32 (a half model's too: transformers processes in float32)."""
     last = logits[:, -1, :]
     return last if last.dtype == xp.float32 else xp.astype(last, xp.float32)
+
+
+def record_step(record: list, backend, config: GenerationConfig, raw, processed) -> None:
+    """Append one step's (raw logits, processed scores) to `record` as host copies, each only if the config asks
+    for it (output_logits, output_scores) -- the only per-step (rows, V) transfers to the host."""
+    record.append((np.array(backend.to_numpy(raw)) if config.output_logits else None,
+                   np.array(backend.to_numpy(processed)) if config.output_scores else None))
+
+
+def recorded_outputs(record: list | None, config: GenerationConfig) -> dict:
+    """GenerateOutput's `scores` and `logits` fields from a record (None for what was not asked for)."""
+    if record is None:
+        return {}
+    return {"scores": tuple(s for _, s in record) if config.output_scores else None,
+            "logits": tuple(raw for raw, _ in record) if config.output_logits else None}
 
 
 def _greedy_or_sample(model, prompt: Prompt, config: GenerationConfig, rng, decode, streamer) -> GenerateOutput:
@@ -371,8 +385,7 @@ def _greedy_or_sample(model, prompt: Prompt, config: GenerationConfig, rng, deco
         streamer.end()
     generated = np.stack(columns, axis=1) if columns else np.zeros((prompt.batch_size, 0), dtype=np.int64)
     return GenerateOutput(sequences=np.concatenate([prompt.input_ids, generated], axis=1),
-                          scores=tuple(s for _, s in record) if config.output_scores else None,
-                          logits=tuple(raw for raw, _ in record) if config.output_logits else None)
+                          **recorded_outputs(record, config))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -409,12 +422,13 @@ def generate(model, input_ids, config: GenerationConfig | None = None, *, attent
     if streamer is not None and (mode not in ("greedy_search", "sample") or draft_model is not None):
         raise ValueError(f"streamer works with greedy decoding and sampling, not with {mode}"
                          f"{' and a draft model' if draft_model is not None else ''}")
+    # Score recording and stop strings: greedy decoding, sampling and beam search (plain or sampled) only.
+    step_by_step = mode in ("greedy_search", "sample", "beam_search", "beam_sample") and draft_model is None
     recorded = [name for name in ("output_scores", "output_logits") if getattr(config, name)]
-    if recorded and (mode not in ("greedy_search", "sample", "beam_search", "beam_sample") or draft_model is not None):
+    if recorded and not step_by_step:
         raise ValueError(f"{' and '.join(recorded)}: recorded for greedy decoding, sampling and beam search, not "
                          f"for {mode}{' with a draft model' if draft_model is not None else ''}")
-    stop_modes = ("greedy_search", "sample", "beam_search", "beam_sample")
-    if config.stop_strings is not None and (mode not in stop_modes or draft_model is not None):
+    if config.stop_strings is not None and not step_by_step:
         raise ValueError(f"stop_strings work with greedy decoding, sampling and beam search, not with {mode}"
                          f"{' and a draft model' if draft_model is not None else ''}")
     rng = backends.rng(config.seed)
