@@ -47,6 +47,8 @@ from scratch.nn.attention import (
     split_heads,
 )
 from scratch.nn.functional import (
+    ACTIVATIONS,
+    activation,
     embedding,
     erf,
     gelu,
@@ -55,6 +57,8 @@ from scratch.nn.functional import (
     linear,
     mlp_gelu,
     mlp_swiglu,
+    log_softmax,
+    relu,
     rms_norm,
     silu,
     softmax,
@@ -63,8 +67,8 @@ from scratch.nn.kv_cache import KVCache, kv_bytes_per_token
 from scratch.nn.rope import ROPE_TYPES, apply_rope, permute_for_half_layout, rope_cos_sin, rope_inv_freq
 
 __all__ = [
-    "linear", "embedding", "layer_norm", "rms_norm", "erf", "gelu", "gelu_tanh", "silu", "softmax",
-    "mlp_gelu", "mlp_swiglu",
+    "linear", "embedding", "layer_norm", "rms_norm", "erf", "gelu", "gelu_tanh", "relu", "silu", "softmax",
+    "log_softmax", "ACTIVATIONS", "activation", "mlp_gelu", "mlp_swiglu",
     "attention", "attention_reference", "causal_mask", "padding_mask", "causal_padding_mask",
     "position_ids_from_attention_mask", "split_heads", "merge_heads",
     "ROPE_TYPES", "rope_inv_freq", "rope_cos_sin", "apply_rope", "permute_for_half_layout",

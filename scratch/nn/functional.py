@@ -15,7 +15,7 @@ import backends
 
 __all__ = [
     "linear", "embedding", "layer_norm", "rms_norm",
-    "erf", "gelu", "gelu_tanh", "silu", "softmax",
+    "erf", "gelu", "gelu_tanh", "relu", "silu", "ACTIVATIONS", "activation", "softmax", "log_softmax",
     "mlp_gelu", "mlp_swiglu",
 ]
 
@@ -233,6 +233,25 @@ def silu(x):
     return _cast(xp, x32 * sigmoid, out_dtype)
 
 
+def relu(x):
+    """max(x, 0), elementwise (BERT configs may name it)."""
+    xp = _xp(x)
+    return xp.maximum(x, xp.zeros_like(x))
+
+
+# The one table from a config's activation name (Hugging Face's spelling) to the function. "gelu" is the exact erf
+# form (BERT); "gelu_new" and "gelu_pytorch_tanh" are the same tanh approximation (GPT-2); "silu" is x * sigmoid(x)
+# (the gate of Llama's SwiGLU). Every model looks its activation up here.
+ACTIVATIONS = {"gelu": gelu, "gelu_new": gelu_tanh, "gelu_pytorch_tanh": gelu_tanh, "relu": relu, "silu": silu}
+
+
+def activation(name: str):
+    """The activation function a config calls `name`; ValueError naming the known ones otherwise."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; known: {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
 def softmax(x, axis: int = -1):
     """exp(x - max) / sum(exp(x - max)) along `axis`. Half inputs are computed in float32 and cast back.
 
@@ -247,6 +266,19 @@ def softmax(x, axis: int = -1):
     total = xp.sum(e, axis=axis, keepdims=True)
     total = xp.where(total == 0.0, xp.ones_like(total), total)
     return _cast(xp, e / total, out_dtype)
+
+
+def log_softmax(x, axis: int = -1):
+    """log(softmax(x)) as x - max - log(sum(exp(x - max))) along `axis`; half inputs computed in float32.
+
+    -inf entries stay -inf; a row that is entirely -inf gives -inf everywhere (nothing has any probability).
+    """
+    xp = _xp(x)
+    x32, out_dtype = _upcast(xp, x)
+    m = xp.max(x32, axis=axis, keepdims=True)
+    m = xp.where(xp.isfinite(m), m, xp.zeros_like(m))
+    shifted = x32 - m
+    return _cast(xp, shifted - xp.log(xp.sum(xp.exp(shifted), axis=axis, keepdims=True)), out_dtype)
 
 
 # --- MLPs ------------------------------------------------------------------------------------------------------
