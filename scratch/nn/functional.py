@@ -271,7 +271,7 @@ def softmax(x, axis: int = -1):
 def log_softmax(x, axis: int = -1):
     """log(softmax(x)) as x - max - log(sum(exp(x - max))) along `axis`; half inputs computed in float32.
 
-    -inf entries stay -inf; a row that is entirely -inf gives -inf everywhere (nothing has any probability).
+    -inf entries stay -inf; a row that is entirely -inf gives NaN, as torch.log_softmax does (no distribution).
     """
     xp = _xp(x)
     x32, out_dtype = _upcast(xp, x)
