@@ -20,7 +20,8 @@ os.environ["RAYON_NUM_THREADS"] = "1"  # before tokenizers is imported: HF train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere: the repo root is importable
 
-from scratch.tokenizer.train import count_chunks, train_merges, train_merges_reference  # noqa: E402
+from scratch.tokenizer.train import count_chunks, train_merges_reference  # noqa: E402
+from scratch.tokenizer.train_fast import train_merges  # noqa: E402
 
 DEFAULT_CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "corpora" / "corpus_mixed.txt"
 BLOCK_CHARS = 16 * 1024  # HF trains fastest on blocks of this size (lines: ~15% slower; 1 MiB blocks: ~40% slower)

@@ -511,7 +511,8 @@ class BPETokenizer:
               special_tokens: Iterable[str] = (), progress: bool = False) -> "BPETokenizer":
         """Learn vocab_size - 256 - len(special_tokens) merges from text (see train.py), then the special tokens
         get the ids after the merges."""
-        from scratch.tokenizer.train import count_chunks, train_merges
+        from scratch.tokenizer.train import count_chunks
+        from scratch.tokenizer.train_fast import train_merges
 
         special_tokens = tuple(special_tokens)
         if not isinstance(vocab_size, int) or vocab_size < 256 + len(special_tokens):

@@ -1,16 +1,16 @@
 """Byte-level BPE training (Sennrich et al. 2016, on UTF-8 bytes as in GPT-2): learn the merge list from a corpus.
 
-The four steps: 1 init -- each pre-tokenized chunk starts as its bytes (ids 0..255); 2 count -- every adjacent pair,
-weighted by the chunk's count; 3 merge -- the most frequent pair becomes id 256 + merge index everywhere, left to
-right, non-overlapping; 4 repeat until `num_merges` merges or no pair is left. `train_merges_reference` is those
-steps literally; `train_merges` (incremental counts, pair -> words index, heap) returns the identical list.
-Rules that fix the result: pairs are counted overlapping (in "aaa" the pair (a, a) counts twice, as in minbpe and
-HF tokenizers); ties go to the smallest (left_id, right_id); the order of the chunk counts does not matter; no
-merge crosses a chunk boundary. Not here: encoding (bpe.py), SentencePiece/unigram training.
+`train_merges_reference` below is the four steps, literally: 1 init -- each pre-tokenized chunk starts as its
+bytes (ids 0..255); 2 count -- every adjacent pair, weighted by the chunk's count; 3 merge -- the most frequent pair
+becomes id 256 + merge index everywhere, left to right, non-overlapping; 4 repeat until `num_merges` merges or no
+pair is left. Rules that fix the result: pairs are counted overlapping (in "aaa" the pair (a, a) counts twice, as
+in minbpe and HF tokenizers); ties go to the smallest (left_id, right_id); the order of the chunk counts does not
+matter; no merge crosses a chunk boundary. `train_fast.train_merges` returns the identical list, fast enough for
+megabytes (it is what BPETokenizer.train runs). After the trainer: the corpus as chunk counts (`count_chunks`), the
+input checks and the progress reporter. Not here: encoding (bpe.py), SentencePiece/unigram training.
 """
 from __future__ import annotations
 
-import heapq
 import sys
 import time
 from collections import Counter
@@ -21,13 +21,55 @@ import regex
 from scratch.tokenizer.pretokenize import pretokenize, resolve_pattern
 
 Pair = tuple[int, int]
-Progress = Callable[[int, int, Pair, int], None]
+Word = tuple[list[int], int]  # a distinct chunk: its token ids so far, and how often it occurs in the corpus
 
-PROGRESS_EVERY = 1000  # progress=True prints a line every this many merges (and one at the end)
+
+def train_merges_reference(chunk_counts: Mapping[str, int], num_merges: int,
+                           progress: bool | Progress | None = None) -> list[Pair]:
+    """The merge list by the four steps (O(num_merges x corpus): the oracle, for small corpora). Same contract and
+    result as `train_fast.train_merges`."""
+    words = checked_words(chunk_counts, num_merges)  # 1 init: every chunk as its bytes, with its count
+    reporter = ProgressReporter(progress, num_merges)
+    merges: list[Pair] = []
+    pair, count = None, 0
+    for step in range(num_merges):
+        pair_counts = count_pairs(words)  # 2 count
+        if not pair_counts:
+            break  # every chunk is one token: nothing left to merge
+        pair = min(pair_counts, key=lambda candidate: (-pair_counts[candidate], candidate))  # ties: smallest pair
+        count = pair_counts[pair]
+        words = [(merge_pair(ids, pair, 256 + step), weight) for ids, weight in words]  # 3 merge
+        merges.append(pair)
+        reporter.merged(len(merges), pair, count)
+    reporter.finished(len(merges), pair, count)  # 4 repeat (the loop)
+    return merges
+
+
+def count_pairs(words: list[Word]) -> dict[Pair, int]:
+    """Step 2: every adjacent pair, overlapping, weighted by the chunk's count."""
+    pair_counts: dict[Pair, int] = {}
+    for ids, weight in words:
+        for pair in zip(ids, ids[1:]):
+            pair_counts[pair] = pair_counts.get(pair, 0) + weight
+    return pair_counts
+
+
+def merge_pair(ids: list[int], pair: Pair, new_id: int) -> list[int]:
+    """Step 3 for one chunk: replace each occurrence of `pair`, left to right, non-overlapping, by `new_id`."""
+    merged = []
+    i = 0
+    while i < len(ids):
+        if i + 1 < len(ids) and (ids[i], ids[i + 1]) == pair:
+            merged.append(new_id)
+            i += 2
+        else:
+            merged.append(ids[i])
+            i += 1
+    return merged
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Step 0: the corpus as chunk counts.
+# The corpus as chunk counts (what both trainers take).
 
 def count_chunks(texts: str | Iterable[str], pattern: str | tuple[str, ...] = "gpt4",
                  special_tokens: Iterable[str] = ()) -> dict[str, int]:
@@ -46,7 +88,7 @@ def count_chunks(texts: str | Iterable[str], pattern: str | tuple[str, ...] = "g
         if not isinstance(token, str) or not token:
             raise TypeError(f"every special token must be a non-empty string, got {token!r}")
     # Longest first, so "<|a|>" wins over a special that is its prefix.
-    splitter = (regex.compile("|".join(regex.escape(t) for t in sorted(specials, key=len, reverse=True)))
+    splitter = (regex.compile("|".join(regex.escape(token) for token in sorted(specials, key=len, reverse=True)))
                 if specials else None)
     if isinstance(texts, str):
         texts = [texts]
@@ -63,8 +105,16 @@ def count_chunks(texts: str | Iterable[str], pattern: str | tuple[str, ...] = "g
     return dict(counts)
 
 
-def _checked_inputs(chunk_counts: Mapping[str, int], num_merges: int) -> list[tuple[list[int], int]]:
-    """Validate the arguments; return (byte ids, count) for every chunk with a positive count."""
+# ----------------------------------------------------------------------------------------------------------------
+# Input checks and progress (shared by both trainers).
+
+Progress = Callable[[int, int, Pair, int], None]
+PROGRESS_EVERY = 1000  # progress=True prints a line every this many merges (and one at the end)
+
+
+def checked_words(chunk_counts: Mapping[str, int], num_merges: int) -> list[Word]:
+    """Step 1 with the arguments checked: (byte ids, count) for every chunk with a positive count. A bad argument
+    raises TypeError/ValueError naming it."""
     if isinstance(num_merges, bool) or not isinstance(num_merges, int):
         raise TypeError(f"num_merges must be an int, got {type(num_merges).__name__}: {num_merges!r}")
     if num_merges < 0:
@@ -89,7 +139,7 @@ def _checked_inputs(chunk_counts: Mapping[str, int], num_merges: int) -> list[tu
     return words
 
 
-class _Reporter:
+class ProgressReporter:
     """progress=None/False: silent; True: a line to stderr every PROGRESS_EVERY merges and at the end;
     a callable: called after every merge with (merges_done, num_merges, pair, count)."""
 
@@ -115,166 +165,3 @@ class _Reporter:
         last = f"last pair {pair} count {count}" if pair is not None else "no pair"
         print(f"bpe train: {done}/{self.num_merges} merges, {last}, {time.perf_counter() - self.start:.1f} s",
               file=sys.stderr, flush=True)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The reference: the four steps, literally. O(num_merges * corpus): the oracle, for small corpora.
-
-def count_pairs(words: list[tuple[list[int], int]]) -> dict[Pair, int]:
-    """Step 2: every adjacent pair, overlapping, weighted by the chunk's count."""
-    pair_counts: dict[Pair, int] = {}
-    for ids, count in words:
-        for pair in zip(ids, ids[1:]):
-            pair_counts[pair] = pair_counts.get(pair, 0) + count
-    return pair_counts
-
-
-def merge_pair(ids: list[int], pair: Pair, new_id: int) -> list[int]:
-    """Step 3 for one chunk: replace each occurrence of `pair`, left to right, non-overlapping, by `new_id`."""
-    merged = []
-    i = 0
-    while i < len(ids):
-        if i + 1 < len(ids) and (ids[i], ids[i + 1]) == pair:
-            merged.append(new_id)
-            i += 2
-        else:
-            merged.append(ids[i])
-            i += 1
-    return merged
-
-
-def train_merges_reference(chunk_counts: Mapping[str, int], num_merges: int,
-                           progress: bool | Progress | None = None) -> list[Pair]:
-    """The merge list by the textbook loop; same contract and result as `train_merges`, much slower."""
-    words = _checked_inputs(chunk_counts, num_merges)  # 1 init: every chunk as its bytes
-    reporter = _Reporter(progress, num_merges)
-    merges: list[Pair] = []
-    pair, count = None, 0
-    for step in range(num_merges):
-        pair_counts = count_pairs(words)  # 2 count
-        if not pair_counts:
-            break  # every chunk is one token: nothing left to merge
-        # The most frequent pair; on a tie the smallest (left, right).
-        pair = min(pair_counts, key=lambda p: (-pair_counts[p], p))
-        count = pair_counts[pair]
-        words = [(merge_pair(ids, pair, 256 + step), n) for ids, n in words]  # 3 merge
-        merges.append(pair)
-        reporter.merged(len(merges), pair, count)
-    reporter.finished(len(merges), pair, count)  # 4 repeat (the loop)
-    return merges
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The fast trainer: the same steps, with the counts updated only where a merge changed something.
-
-def _decrement(pair_counts: dict[Pair, int], where: dict[Pair, set[int]], pair: Pair, n: int) -> None:
-    """Take `n` off a pair's count; a pair that reaches 0 is forgotten (an old pair never comes back: only pairs
-    with the newest id ever grow), which keeps memory proportional to the live pairs."""
-    count = pair_counts[pair] - n
-    if count:
-        pair_counts[pair] = count
-    else:
-        del pair_counts[pair]
-        where.pop(pair, None)
-
-
-def train_merges(chunk_counts: Mapping[str, int], num_merges: int,
-                 progress: bool | Progress | None = None) -> list[Pair]:
-    """Learn `num_merges` byte-level BPE merges from chunk counts (see `count_chunks`); merge i makes id 256 + i.
-
-    Returns the (left_id, right_id) pairs in merge order; fewer if the corpus runs out of pairs. The rules:
-    pairs are counted overlapping (in "aaa" the pair (a, a) counts twice); each merge is applied left to right,
-    non-overlapping ("aaa" -> [X, a]); ties between equal counts go to the smallest (left_id, right_id); the result
-    does not depend on the order of `chunk_counts`. Identical to `train_merges_reference`.
-    `progress`: None/False silent; True prints a line to stderr every 1000 merges and at the end; a callable is
-    called after every merge with (merges_done, num_merges, pair, count).
-
-    How: each distinct chunk is one word (a list of ids) with its count; `pair_counts` holds the weighted count of
-    every pair; `where` maps a pair to the words that may hold it; a heap of (-count, left, right) finds the best
-    pair. A merge rewrites only the words in `where[pair]` and patches the counts around each occurrence.
-    """
-    # A one-byte chunk has no pair and can never take part in a merge: leave it out.
-    words = [(ids, count) for ids, count in _checked_inputs(chunk_counts, num_merges) if len(ids) >= 2]
-    reporter = _Reporter(progress, num_merges)
-    ids_of = [ids for ids, _ in words]
-    weight = [count for _, count in words]
-
-    # 2 count, once: pair -> weighted count, and pair -> indices of the words that contain it.
-    pair_counts: dict[Pair, int] = {}
-    where: dict[Pair, set[int]] = {}
-    for w, (ids, count) in enumerate(words):
-        for pair in zip(ids, ids[1:]):
-            pair_counts[pair] = pair_counts.get(pair, 0) + count
-            holders = where.get(pair)
-            if holders is None:
-                where[pair] = {w}
-            else:
-                holders.add(w)
-    heap = [(-count, left, right) for (left, right), count in pair_counts.items()]
-    heapq.heapify(heap)
-
-    merges: list[Pair] = []
-    pair, count = None, 0
-    get = pair_counts.get
-    while len(merges) < num_merges and heap:
-        negative, left, right = heapq.heappop(heap)
-        current = get((left, right), 0)
-        # Lazy invalidation: counts only fall after an entry is pushed, so an entry may be too high. The entry that
-        # matches is the true maximum, because every live pair has an entry >= its count; re-push a stale one.
-        if current != -negative:
-            if current > 0:
-                heapq.heappush(heap, (-current, left, right))
-            continue
-        pair, count = (left, right), current
-        new_id = 256 + len(merges)
-        # Pairs with new_id are all new: index them (pair -> words) and push them once, with their final counts.
-        touched: dict[Pair, set[int]] = {}
-        for w in where.pop(pair):
-            ids = ids_of[w]
-            n = weight[w]
-            i = 0
-            while True:
-                # subtle: the word is rewritten in place, so each occurrence is patched against the word as it is
-                # *now* (its left neighbour may already be new_id): in "aaaa" this gives [X, X] and counts exact.
-                try:
-                    i = ids.index(left, i)
-                except ValueError:
-                    break
-                end = len(ids) - 1
-                if i == end:
-                    break
-                if ids[i + 1] != right:
-                    i += 1
-                    continue
-                if i > 0:
-                    before = ids[i - 1]
-                    _decrement(pair_counts, where, (before, left), n)
-                    new = (before, new_id)
-                    pair_counts[new] = get(new, 0) + n
-                    if new not in touched:
-                        touched[new] = {w}
-                    else:
-                        touched[new].add(w)
-                if i + 1 < end:
-                    after = ids[i + 2]
-                    _decrement(pair_counts, where, (right, after), n)
-                    new = (new_id, after)
-                    pair_counts[new] = get(new, 0) + n
-                    if new not in touched:
-                        touched[new] = {w}
-                    else:
-                        touched[new].add(w)
-                ids[i] = new_id
-                del ids[i + 1]
-                i += 1
-        pair_counts.pop(pair)  # its occurrences are all merged now and never come back (new ids are never a or b)
-        for p, holders in touched.items():
-            c = get(p, 0)
-            if c > 0:
-                heapq.heappush(heap, (-c, p[0], p[1]))
-                where[p] = holders
-            # else: made and unmade within this merge, as (X, a) in "aaaa" -> [X, a, a] -> [X, X]
-        merges.append(pair)
-        reporter.merged(len(merges), pair, count)
-    reporter.finished(len(merges), pair, count)
-    return merges

@@ -1,4 +1,5 @@
-"""BPE training: hand-checked merges, the determinism rules, reference == fast (hypothesis), progress, bad input."""
+"""BPE training: hand-checked merges, the determinism rules, reference (train.py) == fast (train_fast.py) under
+hypothesis, progress, bad input."""
 from __future__ import annotations
 
 import random
@@ -9,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scratch.tokenizer import train
-from scratch.tokenizer.train import count_chunks, train_merges, train_merges_reference
+from scratch.tokenizer.train import count_chunks, train_merges_reference
+from scratch.tokenizer.train_fast import train_merges
 
 TRAINERS = [train_merges_reference, train_merges]
 TRAINER_IDS = ["reference", "fast"]
