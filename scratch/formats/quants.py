@@ -274,9 +274,10 @@ def _abs_max_signed(blocks: np.ndarray) -> np.ndarray:
 
 
 def _inverse(d: np.ndarray) -> np.ndarray:
-    """1 / d, and 0 where d is 0 (an all-zero block encodes as zeros)."""
+    """1 / d, and 0 where d is 0 (an all-zero block encodes as zeros); inf for a subnormal d, as in C."""
     safe = np.where(d == 0, np.float32(1), d)
-    return np.where(d == 0, np.float32(0), np.float32(1) / safe)
+    with np.errstate(over="ignore"):
+        return np.where(d == 0, np.float32(0), np.float32(1) / safe)
 
 
 def _pack_nibbles(q: np.ndarray) -> np.ndarray:
@@ -291,12 +292,19 @@ def _pack_fifth_bits(q: np.ndarray) -> np.ndarray:
 
 def _truncate_to_uint8(x: np.ndarray, top: int) -> np.ndarray:
     """C's (int8_t) cast (toward zero) of a non-negative float, capped at `top` as ggml's MIN(top, ...)."""
-    return np.minimum(np.trunc(x), top).astype(np.uint8)
+    return np.minimum(np.trunc(_finite_or_zero(x)), top).astype(np.uint8)
+
+
+def _finite_or_zero(x: np.ndarray) -> np.ndarray:
+    """subtle: a block whose scale is subnormal has 1/d = inf, so its codes come out inf or NaN. Converting those
+    to an integer is undefined in C; x86's conversion gives 0x80000000, whose low byte is 0 -- what ggml's reference
+    writes there, and the gguf package too. Say so explicitly instead of relying on NumPy's cast."""
+    return np.where(np.isfinite(x), x, np.float32(0))
 
 
 def _quantize_q8_0(blocks):
     d = np.abs(blocks).max(axis=1, keepdims=True) / np.float32(127)
-    q = _round_half_away(blocks * _inverse(d)).astype(np.int8)
+    q = _finite_or_zero(_round_half_away(blocks * _inverse(d))).astype(np.int8)
     return np.concatenate([_f16_bytes(d), q.view(np.uint8)], axis=1)
 
 

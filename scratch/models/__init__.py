@@ -15,6 +15,7 @@ from scratch.models.config import (
     load_config,
     save_config,
 )
+from scratch.models.gguf import save_gguf
 from scratch.models.loader import from_config, load
 
 __all__ = [
@@ -28,4 +29,5 @@ __all__ = [
     "load",
     "load_config",
     "save_config",
+    "save_gguf",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
+from scratch.formats.gguf import is_gguf
 from scratch.models.config import BertConfig, GPT2Config, LlamaConfig, config_from_hf, read_config_json
 from scratch.models.safetensors import load_folder
 
@@ -51,12 +52,17 @@ def architecture_of(d: dict) -> str:
 
 
 def load(folder, backend="numpy", dtype="float32"):
-    """The model in a Hugging Face folder (config.json + model.safetensors or its sharded index), on `backend`.
+    """The model in a Hugging Face folder (config.json + model.safetensors or its sharded index), or in a GGUF file
+    (recognised by its magic bytes; scratch.models.gguf), on `backend`.
 
     Weights are memory-mapped, checked tensor by tensor (a missing tensor or a wrong shape raises ValueError naming
     it), converted to `dtype` and moved to the backend once. An unknown architecture raises ValueError naming it.
     """
     folder = Path(folder)
+    if is_gguf(folder):
+        from scratch.models.gguf import load_gguf_model
+
+        return load_gguf_model(folder, backend=backend, dtype=dtype)
     if not folder.is_dir():
         raise FileNotFoundError(f"model folder {folder} does not exist")
     d = read_config_json(folder)
