@@ -2,12 +2,11 @@
 
 Two models with random weights (transformers' init, seed 0), saved with save_pretrained and loaded by ours from the
 same folder: GPT-2 124M (GPT2Config()) and a small GPT-2 (4 layers, width 256, vocab 8,192 -- where per-step
-overhead, not the weights, dominates). For each: greedy, top-k + top-p sampling (top_k=50, top_p=0.9) and, when
-scratch.generate.beam exists, beam search with 4 beams (batch 1); batch 1 and batch 8 (left-padded prompts of
-different lengths). Tokens/s = returned new tokens (B x max_new_tokens; EOS is disabled so both run every step) /
-wall time of the whole call, prompt prefill included. Each figure is the median of alternating rounds (ours,
-transformers, ours, ...), so a burst of load from other processes hits both alike; timings are noisy on shared cores
-all the same.
+overhead, not the weights, dominates). For each: greedy, top-k + top-p sampling (top_k=50, top_p=0.9) and beam
+search with 4 beams (batch 1); batch 1 and batch 8 (left-padded prompts of different lengths). Tokens/s = returned
+new tokens (B x max_new_tokens; EOS is disabled so both run every step) / wall time of the whole call, prompt
+prefill included. Each figure is the median of alternating rounds (ours, transformers, ours, ...), so a burst of
+load from other processes hits both alike; timings are noisy on shared cores all the same.
 The 124M batch-1 greedy step is also set against the memory roofline (weight bytes / measured bandwidth), and one
 step's matrix products alone are timed with both BLAS libraries (CPU runs only). With --backend cupy on a machine
 whose torch has CUDA, transformers runs on the GPU too: CuPy against PyTorch CUDA, the issue's GPU comparison.
@@ -68,12 +67,6 @@ def run_model(name: str, hf_config, args, np, torch, transformers, results: list
     import scratch.models
     from scratch.generate import generate
 
-    have_beam = True
-    try:
-        import scratch.generate.beam  # noqa: F401  (written by another part of the project)
-    except ImportError:
-        have_beam = False
-
     torch.manual_seed(0)
     hf = transformers.GPT2LMHeadModel(hf_config).eval()
     hf.generation_config.eos_token_id = None   # no early stop: both sides run every step
@@ -92,9 +85,6 @@ def run_model(name: str, hf_config, args, np, torch, transformers, results: list
     print(f"  {'strategy':<8} {'B':>2} {'ours tok/s':>11} {'transformers':>13} {'ratio':>6} {'bar':>5}")
     for strategy, batch in [(s, b) for b in (1, 8) for s in STRATEGIES]:
         if (name, strategy, batch) not in BARS:
-            continue
-        if strategy == "beam4" and not have_beam:
-            print(f"  {strategy:<8} {batch:>2}  (skipped: scratch.generate.beam is not there yet)")
             continue
         ids, mask = _prompts(np, batch, hf_config.vocab_size, args.prompt_len)
         kwargs = STRATEGIES[strategy]

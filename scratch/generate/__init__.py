@@ -1,10 +1,18 @@
-"""Decoding: the model-independent half of generation -- configuration, logits processors/warpers, samplers.
+"""Decoding: from a model's next-token scores to generated text -- configuration, processors, samplers, strategies.
 
 `GenerationConfig` names every knob (transformers' names); `build_processors(config)` turns it into the list of
 (input_ids (B, T), scores (B, V)) -> scores functions transformers would apply, in the same order; `apply` runs
-them; `greedy` and `sample` pick the next token (the uniform draw is passed in); `build_stopping` says which rows
-are done. `generate` runs the loop (greedy, sampling, and the beam/contrastive/speculative strategies);
-`stream_generate` yields text pieces as they are produced. See docs/decoding.md.
+them; `greedy` and `sample` pick the next token (the uniform draw is passed in); `build_stopping` lists the
+criteria that say which rows are done. `generate` picks a strategy and runs it; `stream_generate` yields text
+pieces as they are produced. See docs/decoding.md and docs/beam_search.md.
+
+Modules, each importing only those above it (no cycles):
+    config, selection (top-k), stopping      GenerationConfig; top_k / kth_largest; the stopping criteria
+    processors, sampling                     logits processors and warpers; greedy and inverse-CDF sampling
+    prompt, output                           prompt checks and padding, the token budget; GenerateOutput, recording
+    decode_loop, beam, group_beam,           the strategies: greedy/sampling, beam search and beam sampling,
+    contrastive, speculative                 diverse beam search, contrastive search, speculative decoding
+    dispatch, stream                         generate(): picks the strategy; stream_generate()
 """
 from scratch.generate.config import GenerationConfig
 from scratch.generate.processors import (
@@ -26,8 +34,6 @@ from scratch.generate.processors import (
     Typical,
     apply,
     build_processors,
-    log_softmax,
-    softmax,
     token_counts,
 )
 from scratch.generate.stopping import EosToken, MaxLength, MaxNewTokens, StopStrings, any_stop, build_stopping
@@ -38,14 +44,14 @@ from scratch.generate.sampling import (
     sample_from_probs,
     sample_multinomial_reference,
 )
-# The loop comes last: it imports the pieces above. (Subtle: `generate` the function shadows the submodule
-# scratch.generate.generate as an attribute of this package; import the module by its full name if needed.)
-from scratch.generate.generate import GenerateOutput, Prompt, generate  # noqa: E402
-from scratch.generate.stream import StreamEvent, stream_generate  # noqa: E402
+from scratch.generate.output import GenerateOutput
+from scratch.generate.prompt import Prompt
+from scratch.generate.dispatch import generate
+from scratch.generate.stream import StreamEvent, stream_generate
 
 __all__ = [
     "generate", "GenerateOutput", "Prompt", "stream_generate", "StreamEvent",
-    "GenerationConfig", "build_processors", "apply", "softmax", "log_softmax", "token_counts",
+    "GenerationConfig", "build_processors", "apply", "token_counts",
     "RepetitionPenalty", "FrequencyPresencePenalty", "NoRepeatNGram", "MinLength", "MinNewTokens",
     "SuppressTokens", "SuppressTokensAtBegin", "SequenceBias", "NoBadWords",
     "Temperature", "TopK", "TopP", "MinP", "Typical", "Epsilon", "Eta",

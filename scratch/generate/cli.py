@@ -129,10 +129,10 @@ def _eos_ids(kwargs) -> set:
 def _new_text(tokenizer, sequence, prompt_len: int, eos: set, stops=None) -> str:
     """The generated part of one output row as text, cut at its first EOS, or after the first stop string it
     completes (a row that ended there is padded after it, and the pad id may be a real token's)."""
-    ids = [int(t) for t in sequence[prompt_len:]]
-    for i, t in enumerate(ids):
-        if t in eos:
-            ids = ids[:i]
+    ids = [int(token) for token in sequence[prompt_len:]]
+    for position, token in enumerate(ids):
+        if token in eos:
+            ids = ids[:position]
             break
     text = tokenizer.decode(ids)
     ends = [text.find(s) + len(s) for s in (stops or ()) if s in text]
@@ -209,11 +209,7 @@ def _cmd_compare(args) -> int:
         if "stop_strings" in kwargs and "penalty_alpha" in kwargs:
             rows.append((name, "(skipped: contrastive search takes no stop strings)"))
             continue
-        try:
-            result = generate(model, [ids], tokenizer=tokenizer, **kwargs)
-        except (ImportError, AttributeError) as error:   # a strategy whose module is not in this version
-            rows.append((name, f"(not available: {error})"))
-            continue
+        result = generate(model, [ids], tokenizer=tokenizer, **kwargs)
         text = _new_text(tokenizer, result.sequences[0], len(ids), eos, args.stop)
         rows.append((name, printable(text)))
     width = max(len(name) for name, _ in rows)

@@ -17,9 +17,12 @@ import math
 import numpy as np  # host side only: token ids, masks, stopping
 
 import backends
-from scratch.generate.beam import top_k
-from scratch.generate.processors import apply, build_processors, softmax
-from scratch.nn import linear
+from scratch.generate.output import GenerateOutput, last_scores
+from scratch.generate.processors import apply, build_processors
+from scratch.generate.prompt import new_token_budget
+from scratch.generate.selection import top_k
+from scratch.generate.stopping import any_stop, build_stopping
+from scratch.nn import linear, softmax
 
 __all__ = ["contrastive_search", "with_hidden_states", "degeneration_penalty"]
 
@@ -50,7 +53,6 @@ def degeneration_penalty(context, candidates, context_mask):
 def contrastive_search(model, prompt, config):
     """Contrastive search: see the module docstring. Rows finish at EOS (then get the pad id) or at the length
     limit. Returns a GenerateOutput (sequences only). Needs 0 <= penalty_alpha <= 1 and top_k >= 1."""
-    from scratch.generate.generate import GenerateOutput
     alpha, k = config.penalty_alpha, config.top_k
     if alpha is None or not 0 <= alpha <= 1:
         raise ValueError(f"penalty_alpha must be in [0, 1] for contrastive search, got {alpha!r}")
@@ -63,14 +65,11 @@ def contrastive_search(model, prompt, config):
     backend = model.backend
     xp = backend.xp
     B, T = prompt.batch_size, prompt.length
-    max_new = config.resolved_max_length(T) - T
-    if max_new < 1 or T + max_new > model.max_length:
-        raise ValueError(f"prompt ({T} tokens) + {max_new} new tokens must be more than the prompt and fit the "
-                         f"model's context of {model.max_length}")
+    max_new = new_token_budget(prompt, config, model)
     k = min(k, model.n_vocab)
     forward = with_hidden_states(model)
     processors = build_processors(config, prompt_length=T)
-    eos = np.asarray(config.eos_token_ids, dtype=np.int64)
+    stopping = build_stopping(config, T)                                # EOS and the length limit
     pad = prompt.pad_token_id
 
     ids = np.full((B, T + max_new), pad, dtype=np.int64)
@@ -82,7 +81,7 @@ def contrastive_search(model, prompt, config):
     hidden, logits = forward(backend.asarray(prompt.input_ids, dtype="int64"), cache=cache,
                              attention_mask=prompt_mask)                    # prefill once per prompt
     context = hidden                                                    # (B, T, C) hidden states so far
-    scores = xp.astype(logits[:, -1, :], xp.float32)                    # (B, V)
+    scores = last_scores(xp, logits)                                    # (B, V) float32
     expand = np.repeat(np.arange(B), k)                                 # row b*k + j <- prompt b
     cache.reorder(backend.asarray(expand, dtype="int64"))               # B -> B * k rows: the k candidates
     C = context.shape[-1]
@@ -107,13 +106,13 @@ def contrastive_search(model, prompt, config):
         host_token = np.where(finished, pad, host_token)
         ids[:, length] = host_token
         length += 1
-        finished |= np.isin(host_token, eos) if eos.size else False
-        if finished.all() or step == max_new - 1:
+        finished = any_stop(stopping, ids[:, :length], finished)
+        if finished.all():                                              # every row ended, or the length limit
             break
         # Keep the chosen candidate: its hidden state joins the context, its logits are the next scores, and
         # its cache row is copied to every row of its prompt.
         rows = xp.arange(B, dtype=xp.int64) * k + chosen                # (B,)
         context = xp.concat([context, xp.reshape(xp.take(cand_hidden, rows, axis=0), (B, 1, C))], axis=1)
-        scores = xp.astype(xp.take(cand_logits[:, -1, :], rows, axis=0), xp.float32)
+        scores = last_scores(xp, xp.take(cand_logits, rows, axis=0))   # (B, V) float32
         cache.reorder(xp.take(rows, backend.asarray(expand, dtype="int64"), axis=0))
     return GenerateOutput(sequences=ids[:, :length].copy())

@@ -4,8 +4,9 @@ Each class here mirrors one class of transformers' `generation/logits_process.py
 exactly the same places and to leave every other score equal (float32 tolerance): processors first (penalties,
 n-gram and bad-word bans, length rules, suppression, biases), then the warpers that reshape the distribution before
 sampling (temperature, top-k, top-p, min-p, typical, epsilon, eta). Frequency and presence penalties follow the
-OpenAI/vLLM definitions (transformers has none). This is not a generation loop (the models own that) and not a
-sampler (`scratch.generate.sampling`). Every class works on any backend: it takes `xp` from its inputs.
+OpenAI/vLLM definitions (transformers has none). This is not a generation loop and not a sampler
+(`scratch.generate.sampling`). Every class works on any backend: it takes `xp` from its inputs; the softmax is
+`scratch.nn`'s and the k-th largest score `scratch.generate.selection`'s.
 """
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ from collections.abc import Iterable, Sequence
 import numpy as np  # host-side only: validating token ids and building constant bias tables, never on scores
 
 import backends
+from scratch.generate.selection import kth_largest
+from scratch.nn import log_softmax, softmax
 
 __all__ = [
     "RepetitionPenalty", "FrequencyPresencePenalty", "NoRepeatNGram", "MinLength", "MinNewTokens", "SuppressTokens",
     "SuppressTokensAtBegin", "SequenceBias", "NoBadWords", "Temperature", "TopK", "TopP", "MinP", "Typical",
-    "Epsilon", "Eta", "apply", "build_processors", "token_counts", "softmax", "log_softmax", "cumulative_probs",
+    "Epsilon", "Eta", "apply", "build_processors", "token_counts", "cumulative_probs",
 ]
 
 
@@ -47,19 +50,7 @@ def cumulative_probs(probs):
     one ulp above. It also makes the result nearly independent of summation order, so a GPU scan rounds the same.
     """
     xp = backends.namespace_of(probs)
-    wide = xp.astype(probs, xp.float64)
-    # The Array API (2023.12) name is cumulative_sum; older namespaces only have cumsum.
-    fn = getattr(xp, "cumulative_sum", None)
-    total = fn(wide, axis=-1) if fn is not None else xp.cumsum(wide, axis=-1)
-    return xp.astype(total, probs.dtype)
-
-
-def _argsort_stable(xp, x):
-    """Indices that sort each row ascending; equal values keep their index order (a stable sort)."""
-    try:
-        return xp.argsort(x, axis=-1, stable=True)
-    except TypeError:  # a namespace without the `stable` keyword: its sort is documented stable
-        return xp.argsort(x, axis=-1)
+    return xp.astype(xp.cumulative_sum(xp.astype(probs, xp.float64), axis=-1), probs.dtype)
 
 
 def _first_places(xp, values, sorted_values, count):
@@ -67,7 +58,7 @@ def _first_places(xp, values, sorted_values, count):
 
     `sorted_values` is xp.sort(values). Everything below the value at place `count` is in; of the entries equal to
     it, the lowest indices are in (that is where a stable sort puts them), as many as places remain. One running
-    count replaces an argsort and its inverse permutation -- a plain sort is ~10x faster than a stable argsort.
+    count replaces a stable argsort and its inverse permutation, which cost far more than a plain sort.
     """
     count = xp.clip(count, 0, values.shape[-1])                                   # (B, 1) int64
     pivot = xp.take_along_axis(sorted_values, xp.maximum(count - 1, 0), axis=-1)  # (B, 1) the last value in
@@ -78,35 +69,8 @@ def _first_places(xp, values, sorted_values, count):
         # The usual case (one entry at the pivot): every tie fits, no rank needed -- and the running count, a
         # sequential scan over B*V entries, is the slowest step of top-p.
         return (below | at) & (count > 0)
-    tie_rank = _running_count(xp, at)                                             # 1, 2, ... along the ties
+    tie_rank = xp.cumulative_sum(xp.astype(at, xp.int64), axis=-1)               # 1, 2, ... along the ties
     return (below | (at & (tie_rank <= quota))) & (count > 0)
-
-
-def _running_count(xp, mask):
-    ones = xp.astype(mask, xp.int64)
-    fn = getattr(xp, "cumulative_sum", None)
-    return fn(ones, axis=-1) if fn is not None else xp.cumsum(ones, axis=-1)
-
-
-def _kth_largest(xp, scores, k: int):
-    """The k-th largest value of each row, (B, 1); k is clipped to [1, V] the way transformers clips it."""
-    vocab_size = scores.shape[-1]
-    k = max(1, min(k, vocab_size))
-    return xp.sort(scores, axis=-1)[:, vocab_size - k:vocab_size - k + 1]
-
-
-def softmax(scores):
-    """Softmax over the last axis in the input dtype (max-subtracted; -inf entries get probability 0)."""
-    xp = backends.namespace_of(scores)
-    e = xp.exp(scores - xp.max(scores, axis=-1, keepdims=True))
-    return e / xp.sum(e, axis=-1, keepdims=True)
-
-
-def log_softmax(scores):
-    """log(softmax(scores)) computed as x - max - log(sum(exp(x - max))), in the input dtype."""
-    xp = backends.namespace_of(scores)
-    shifted = scores - xp.max(scores, axis=-1, keepdims=True)
-    return shifted - xp.log(xp.sum(xp.exp(shifted), axis=-1, keepdims=True))
 
 
 def token_counts(input_ids, vocab_size: int):
@@ -474,7 +438,7 @@ class TopK:
 
     def __call__(self, input_ids, scores):
         xp = _namespace(input_ids, scores)
-        kth = _kth_largest(xp, scores, max(self.top_k, self.min_tokens_to_keep))   # (B, 1)
+        kth = kth_largest(scores, max(self.top_k, self.min_tokens_to_keep))       # (B, 1)
         return xp.where(scores < kth, _neg_inf(xp, scores), scores)
 
 
@@ -556,7 +520,7 @@ class Typical:
         finite_logp = xp.where(xp.isinf(logp), xp.asarray(0.0, dtype=scores.dtype), logp)
         entropy = -xp.sum(finite_logp * p, axis=-1, keepdims=True)             # (B, 1)
         surprise_gap = xp.abs(-logp - entropy)                                 # (B, V)
-        order = _argsort_stable(xp, surprise_gap)                               # (B, V) most typical first
+        order = xp.argsort(surprise_gap, axis=-1, stable=True)                  # (B, V) most typical first
         sorted_gap = xp.take_along_axis(surprise_gap, order, axis=-1)
         cumulative = cumulative_probs(softmax(xp.take_along_axis(scores, order, axis=-1)))
         last = xp.sum(xp.astype(cumulative < self.mass, xp.int64), axis=-1, keepdims=True)
@@ -583,7 +547,7 @@ class Epsilon:
 
     def __call__(self, input_ids, scores):
         xp = _namespace(input_ids, scores)
-        remove = (softmax(scores) < self.epsilon) & (scores < _kth_largest(xp, scores, self.min_tokens_to_keep))
+        remove = (softmax(scores) < self.epsilon) & (scores < kth_largest(scores, self.min_tokens_to_keep))
         return xp.where(remove, _neg_inf(xp, scores), scores)
 
 
@@ -609,7 +573,7 @@ class Eta:
         entropy = -xp.sum(logp * probs, axis=-1, keepdims=True)                  # (B, 1)
         epsilon = xp.asarray(self.epsilon, dtype=scores.dtype)
         eta = xp.minimum(epsilon, xp.sqrt(epsilon) * xp.exp(-entropy))
-        remove = (probs < eta) & (scores < _kth_largest(xp, scores, self.min_tokens_to_keep))
+        remove = (probs < eta) & (scores < kth_largest(scores, self.min_tokens_to_keep))
         return xp.where(remove, _neg_inf(xp, scores), scores)
 
 

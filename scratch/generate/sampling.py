@@ -13,9 +13,10 @@ from __future__ import annotations
 import numpy as np
 
 import backends
-from scratch.generate.processors import cumulative_probs, softmax
+from scratch.generate.processors import cumulative_probs
+from scratch.nn import softmax
 
-__all__ = ["softmax", "greedy", "draw_uniforms", "sample_from_probs", "sample", "sample_multinomial_reference"]
+__all__ = ["greedy", "draw_uniforms", "sample_from_probs", "sample", "sample_multinomial_reference"]
 
 
 def greedy(scores):
@@ -75,6 +76,6 @@ def sample_multinomial_reference(probs: np.ndarray, uniforms: np.ndarray) -> np.
                 pick = token
                 break
         if pick is None:  # the float sum never exceeded u: the last token that has any probability
-            pick = max(t for t in range(probs.shape[1]) if probs[row, t] > 0)
+            pick = max(token for token in range(probs.shape[1]) if probs[row, token] > 0)
         chosen[row] = pick
     return chosen

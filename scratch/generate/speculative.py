@@ -15,8 +15,12 @@ from __future__ import annotations
 import numpy as np  # host side only: token ids, the accept decisions, stopping
 
 import backends
-from scratch.generate.processors import apply, build_processors, softmax
+from scratch.generate.output import GenerateOutput
+from scratch.generate.processors import apply, build_processors
+from scratch.generate.prompt import new_token_budget
 from scratch.generate.sampling import sample_from_probs
+from scratch.generate.stopping import EosToken, MaxNewTokens, any_stop
+from scratch.nn import softmax
 
 __all__ = ["speculative_generate", "verify_drafts", "verify_drafts_greedy", "NUM_DRAFT_TOKENS"]
 
@@ -93,7 +97,6 @@ def speculative_generate(model, draft_model, prompt, config, rng=None, num_draft
     read the context (repetition penalty, no-repeat n-gram) see only its real tokens. `stats`, when given, receives
     the number of rounds, drafted and accepted tokens.
     """
-    from scratch.generate.generate import GenerateOutput
     if draft_model.n_vocab != model.n_vocab:
         raise ValueError(f"draft_model's vocabulary ({draft_model.n_vocab}) differs from the model's "
                          f"({model.n_vocab}): speculative decoding compares their distributions token by token")
@@ -111,13 +114,7 @@ def speculative_generate(model, draft_model, prompt, config, rng=None, num_draft
         raise ValueError(f"speculative decoding returns one sequence per prompt, got num_return_sequences="
                          f"{config.num_return_sequences}")
     T = prompt.length
-    max_new = config.resolved_max_length(T) - T
-    if max_new < 1:
-        raise ValueError(f"max_length ({T + max_new}) must exceed the prompt length ({T})")
-    for name, m in (("model", model), ("draft_model", draft_model)):
-        if T + max_new > m.max_length:
-            raise ValueError(f"prompt ({T} tokens) + {max_new} new tokens exceed the {name}'s context of "
-                             f"{m.max_length}")
+    max_new = new_token_budget(prompt, config, model, draft_model)
     if rng is None:
         rng = backends.rng(config.seed)
     stats = {} if stats is None else stats
@@ -141,19 +138,20 @@ def _one_row(model, draft, prompt_ids: np.ndarray, max_new: int, config, rng, k_
     sampling = config.is_sampling
     L0, V = prompt_ids.shape[0], model.n_vocab
     processors = build_processors(config, prompt_length=L0)
-    eos = set(config.eos_token_ids)
-    ids = [int(t) for t in prompt_ids]
+    # This row's own length limit (its padding dropped), then EOS.
+    stopping = [MaxNewTokens(L0, max_new)] + ([EosToken(config.eos_token_ids)] if config.eos_token_ids else [])
+    ids = [int(token) for token in prompt_ids]
     target_cache = model.new_cache(1, L0 + max_new)
     draft_cache = draft.new_cache(1, L0 + max_new)
     new = []
-    while len(new) < max_new:
+    while True:
         k = min(k_max, max_new - len(new) - 1)        # a round emits up to k + 1 tokens: never past max_new
         # 1. The draft proposes k tokens, feeding what it has not seen yet (1 or 2 tokens, the prompt at first).
         drafts, q_rows = [], []
         for _ in range(k):
             context = ids + drafts
             logits = draft(backend.asarray(np.array([context[draft_cache.length:]], dtype=np.int64), dtype="int64"),
-                           cache=draft_cache)                                      # (1, t, V)
+                           cache=draft_cache)                      # (1, unseen, V): what it had not seen
             ctx = backend.asarray(np.array([context], dtype=np.int64), dtype="int64")
             q = _probabilities(processors, ctx, logits[0, -1:, :], sampling)        # (1, V)
             if sampling:
@@ -165,7 +163,7 @@ def _one_row(model, draft, prompt_ids: np.ndarray, max_new: int, config, rng, k_
         # 2. The target scores the unseen context and all k drafts in one forward: k + 1 distributions.
         context = ids + drafts
         logits = model(backend.asarray(np.array([context[target_cache.length:]], dtype=np.int64), dtype="int64"),
-                       cache=target_cache)                                          # (1, t, V)
+                       cache=target_cache)                          # (1, unseen, V): what it had not seen
         ctx = backend.asarray(np.array([context], dtype=np.int64), dtype="int64")
         p = _probabilities(processors, ctx, logits[0, -(k + 1):, :], sampling)      # (k+1, V)
         # 3. Accept a prefix of the drafts, then one more token.
@@ -184,13 +182,12 @@ def _one_row(model, draft, prompt_ids: np.ndarray, max_new: int, config, rng, k_
         stats["rounds"] += 1
         stats["drafted"] += k
         stats["accepted"] += n
-        # 4. Keep the accepted tokens; stop after an EOS.
-        for t in emitted:
-            new.append(t)
-            ids.append(t)
-            if t in eos:
+        # 4. Keep the accepted tokens; stop after an EOS or at the length limit.
+        for token in emitted:
+            new.append(token)
+            ids.append(token)
+            if any_stop(stopping, np.array([ids], dtype=np.int64))[0]:
                 return new
         # The caches hold every token but the last (it is fed next round): forget rejected drafts.
         target_cache.crop(min(target_cache.length, len(ids) - 1))
         draft_cache.crop(min(draft_cache.length, len(ids) - 1))
-    return new

@@ -4,8 +4,8 @@ Each criterion maps input_ids (B, T) -- the prompt plus everything generated so 
 (B,) bool array: True where that row should stop now. They mirror transformers' `stopping_criteria.py`:
 EOS (one id or several), a length limit (total `max_length`, or `max_new_tokens` after the prompt) and stop
 strings matched on decoded text, across token boundaries. The answer is needed on the host anyway (the loop must
-decide whether to run another step), so the token ids are copied to the host once per step here. This is not the
-generation loop: that comes with the models, and keeps a sticky `finished` mask (`finished |= any_stop(...)`).
+decide whether to run another step): the loops pass host ids, a backend array is copied. Every decoding loop
+asks `any_stop(criteria, ids, finished)` after appending and keeps the sticky mask; beam search asks per candidate.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ class EosToken:
                              f"got {eos_token_id!r}")
         self.eos_token_ids = tuple(int(i) for i in ids)
 
-    def __call__(self, input_ids) -> np.ndarray:
+    def __call__(self, input_ids, undecided=None) -> np.ndarray:
         ids = _host_ids(input_ids)
         if ids.shape[1] == 0:
             return np.zeros(ids.shape[0], dtype=bool)
@@ -56,7 +56,7 @@ class MaxLength:
             raise ValueError(f"max_length must be a positive integer, got {max_length!r}")
         self.max_length = int(max_length)
 
-    def __call__(self, input_ids) -> np.ndarray:
+    def __call__(self, input_ids, undecided=None) -> np.ndarray:
         batch, length = input_ids.shape[0], input_ids.shape[1]
         return np.full(batch, length >= self.max_length, dtype=bool)
 
@@ -83,11 +83,12 @@ class StopStrings:
     the text, rather than matching token strings, also handles tokens that are partial UTF-8 characters.
 
     `decode` maps a list of token ids to a string (a tokenizer's decode). Only the tokens from `start` on are
-    decoded (0: the whole row, like transformers, so a stop string may begin in the prompt). Cost: two decodes of
-    the row per step.
+    decoded (0: the whole row, like transformers, so a stop string may begin in the prompt; one start per row skips
+    each row's left padding). Cost: two decodes of the row per step, only for the rows asked (`undecided`).
     """
 
-    def __init__(self, stop_strings: str | Sequence[str], decode: Callable[[list[int]], str], start: int = 0):
+    def __init__(self, stop_strings: str | Sequence[str], decode: Callable[[list[int]], str],
+                 start: int | Sequence[int] = 0):
         strings = [stop_strings] if isinstance(stop_strings, str) else list(stop_strings)
         if not strings or any(not isinstance(s, str) or not s for s in strings):
             raise ValueError(f"stop_strings must be a non-empty string or a non-empty list of them, "
@@ -96,7 +97,7 @@ class StopStrings:
             raise ValueError(f"decode must be a function from a list of token ids to text, got {decode!r}")
         self.stop_strings = tuple(strings)
         self.decode = decode
-        self.start = int(start)
+        self.start = int(start) if isinstance(start, (int, np.integer)) else np.asarray(start, dtype=np.int64)
 
     def row_stops(self, tokens: list[int]) -> bool:
         """The rule for one row's tokens (host ints)."""
@@ -108,28 +109,42 @@ class StopStrings:
         # An occurrence ending after fresh_from starts at or after fresh_from - len(s) + 1.
         return any(s in text[max(0, fresh_from - len(s) + 1):] for s in self.stop_strings)
 
-    def __call__(self, input_ids) -> np.ndarray:
+    def __call__(self, input_ids, undecided=None) -> np.ndarray:
+        """(B,) bool; `undecided` (B,) bool, when given, names the rows to check (the others answer False)."""
         ids = _host_ids(input_ids)
-        return np.array([self.row_stops([int(t) for t in row[self.start:]]) for row in ids], dtype=bool)
+        rows = range(ids.shape[0]) if undecided is None else np.nonzero(undecided)[0]
+        starts = np.broadcast_to(self.start, (ids.shape[0],))
+        done = np.zeros(ids.shape[0], dtype=bool)
+        for row in rows:
+            done[row] = self.row_stops(ids[row, starts[row]:].tolist())
+        return done
 
 
-def any_stop(criteria, input_ids) -> np.ndarray:
-    """(B,) bool: True where at least one criterion says the row is done."""
-    batch = input_ids.shape[0]
-    done = np.zeros(batch, dtype=bool)
+def any_stop(criteria, input_ids, finished=None) -> np.ndarray:
+    """(B,) bool: True where the row was already `finished` or at least one criterion says it is done now.
+
+    Each criterion is asked only about the rows still undecided (the cheap ones come first in `build_stopping`;
+    a stop-string check decodes text). Every criterion takes (input_ids, undecided) and returns (B,) bool.
+    """
+    done = np.zeros(input_ids.shape[0], dtype=bool) if finished is None else np.array(finished, dtype=bool)
     for criterion in criteria:
-        done |= criterion(input_ids)
+        if done.all():
+            break
+        done |= criterion(input_ids, ~done)
     return done
 
 
-def build_stopping(config, prompt_length: int, decode: Callable[[list[int]], str] | None = None) -> list:
+def build_stopping(config, prompt_length: int, decode: Callable[[list[int]], str] | None = None,
+                   starts: int | Sequence[int] = 0) -> list:
     """The criteria a GenerationConfig asks for: the length limit (max_new_tokens, else max_length, else
-    transformers' default total of 20), EOS when eos_token_id is set, stop strings when set (they need `decode`)."""
+    transformers' default total of 20), EOS when eos_token_id is set, stop strings when set (they need `decode`;
+    `starts`, the first real column of each row, keeps left padding out of the decoded text)."""
     criteria: list = [MaxLength(config.resolved_max_length(prompt_length))]
     if config.eos_token_ids:
         criteria.append(EosToken(config.eos_token_ids))
     if config.stop_strings is not None:
         if decode is None:
-            raise ValueError("stop_strings are set, so build_stopping needs a decode function (token ids -> text)")
-        criteria.append(StopStrings(config.stop_strings, decode))
+            raise ValueError(f"stop_strings {config.stop_strings!r} are matched on decoded text: pass tokenizer= "
+                             f"to generate (build_stopping needs its decode function, token ids -> text)")
+        criteria.append(StopStrings(config.stop_strings, decode, start=starts))
     return criteria

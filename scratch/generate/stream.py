@@ -4,7 +4,8 @@
 `decode_steps`) and yields a `StreamEvent` for every token a row appends, with the text that token completes. The
 text comes from the tokenizer's streaming decoder (`tokenizer.stream_decoder()`: push(id) -> str, flush()), which
 holds back the bytes of a character cut between tokens, so the pieces of a row joined equal `tokenizer.decode` of
-its generated ids (a tokenizer without one gets `PrefixDecoder`, which decodes the growing row). Not here: beam search or contrastive streaming (their tokens are only final at the end).
+its generated ids (a tokenizer without one gets `PrefixDecoder`, which decodes the growing row). Not here: beam
+search or contrastive streaming (their tokens are only final at the end).
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import numpy as np
 
 import backends
 from scratch.generate.config import GenerationConfig
-from scratch.generate.generate import decode_steps, make_config, prepare_prompt
+from scratch.generate.decode_loop import decode_steps
+from scratch.generate.prompt import make_config, prepare_prompt
 
 __all__ = ["StreamEvent", "stream_generate", "PrefixDecoder"]
 
@@ -89,8 +91,6 @@ def stream_generate(model, tokenizer, prompt, config: GenerationConfig | None = 
     length limit) and a final flush event (token None) follows when the decoder held back bytes.
     """
     config = make_config(config, **kwargs)
-    if config.pad_token_id is None and config.eos_token_ids:
-        config = config.replace(pad_token_id=config.eos_token_ids[0])
     if config.mode not in ("greedy_search", "sample"):
         raise ValueError(f"stream_generate works with greedy decoding and sampling, not with {config.mode}")
     if config.is_sampling and config.num_return_sequences > 1:
@@ -101,7 +101,7 @@ def stream_generate(model, tokenizer, prompt, config: GenerationConfig | None = 
     done = np.zeros(prompt.batch_size, dtype=bool)
     rng = backends.rng(config.seed)
     for tokens, finished in decode_steps(model, prompt, config, rng, tokenizer.decode):
-        for row in np.nonzero(~done)[0]:
+        for row in np.nonzero(~done)[0]:       # every row is finished at the length limit
             token = int(tokens[row])
             text = decoders[row].push(token)
             if finished[row]:
@@ -112,6 +112,3 @@ def stream_generate(model, tokenizer, prompt, config: GenerationConfig | None = 
             else:
                 yield StreamEvent(int(row), token, text)
         done = finished
-    # Rows still open at the length limit: decode_steps returned without marking them finished.
-    for row in np.nonzero(~done)[0]:
-        yield StreamEvent(int(row), None, decoders[row].flush(), finished=True)

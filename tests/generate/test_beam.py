@@ -2,7 +2,7 @@
 scratch's loader): identical sequences and sequences_scores for num_beams, length_penalty, early_stopping and
 num_return_sequences settings, on a left-padded batch of two prompts, with EOS ids the models actually produce (so
 hypotheses end early). Beam sampling and group beam search (not in transformers 5's core) are tested on their
-properties; the fast top-k against its sort oracle; bad settings against their error messages."""
+properties; bad settings against their error messages. (The top-k they select with: test_selection.py.)"""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -11,13 +11,9 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-import backends
 import scratch.models
-from scratch.generate import beam
-from scratch.generate.generate import generate
+from scratch.generate import generate
 from tests.conftest import require_shared
 
 SCORE_ATOL = 1e-4   # float32 log-prob sums over <= 10 steps; observed ~1e-6
@@ -311,28 +307,8 @@ def test_group_beam_search_diversity_separates_the_groups(gpt2):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The fast top-k and bad input
+# Bad input
 # ---------------------------------------------------------------------------------------------------------------
-
-@settings(max_examples=40)
-@given(st.integers(1, 4), st.integers(2, 60), st.data())
-def test_top_k_fast_path_equals_the_sort_oracle(rows, n, data):
-    k = data.draw(st.integers(1, n))
-    values = data.draw(st.lists(st.floats(-50, 50, width=32), min_size=rows * n, max_size=rows * n, unique=True))
-    scores = np.array(values, dtype=np.float32).reshape(rows, n)
-    fast_values, fast_index = beam.top_k(scores, k)
-    ref_values, ref_index = beam.top_k_reference(scores, k)
-    np.testing.assert_array_equal(fast_index, ref_index)
-    np.testing.assert_array_equal(fast_values, ref_values)
-    assert fast_values.dtype == np.float32 and fast_index.dtype == np.int64
-
-
-def test_top_k_ties_lower_index_first(backend):
-    scores = backend.asarray(np.array([[1.0, 3.0, 3.0, -np.inf, 2.0]], dtype=np.float32))
-    values, index = beam.top_k_reference(scores, 3)
-    assert backend.to_numpy(index).tolist() == [[1, 2, 4]]
-    assert backends.namespace_of(values) is backend.xp
-
 
 @pytest.mark.parametrize("kw, name", [
     (dict(num_beams=2, num_return_sequences=3), "num_return_sequences"),

@@ -10,9 +10,10 @@ import torch
 import transformers
 
 import scratch.models
-from scratch.generate import GenerationConfig, softmax
+from scratch.generate import GenerationConfig, generate
 from scratch.generate.contrastive import contrastive_search, degeneration_penalty, with_hidden_states
-from scratch.generate.generate import generate, prepare_prompt
+from scratch.generate.prompt import prepare_prompt
+from scratch.nn import softmax
 
 PROMPTS = np.array([[5, 6, 7, 8, 9, 10], [1, 1, 1, 11, 12, 13]], dtype=np.int64)
 MASK = np.array([[1, 1, 1, 1, 1, 1], [0, 0, 0, 1, 1, 1]], dtype=np.int64)

@@ -13,8 +13,8 @@ import torch
 import transformers
 
 import scratch.models
-from scratch.generate import GenerationConfig
-from scratch.generate.generate import GenerateOutput, generate, prepare_prompt
+from scratch.generate import GenerateOutput, GenerationConfig, generate
+from scratch.generate.prompt import prepare_prompt
 from scratch.models import GPT2Config
 from scratch.tokenizer import BPETokenizer
 

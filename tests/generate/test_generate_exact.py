@@ -14,7 +14,8 @@ import torch
 import transformers
 
 import scratch.models
-from scratch.generate.generate import generate, left_pad
+from scratch.generate import generate
+from scratch.generate.prompt import left_pad
 
 V = 101
 PAD = 0

@@ -40,11 +40,10 @@ from scratch.generate import (
     Typical,
     apply,
     build_processors,
-    log_softmax,
-    softmax,
     token_counts,
 )
 from scratch.generate.processors import cumulative_probs
+from scratch.nn import log_softmax, softmax
 
 
 

@@ -25,8 +25,8 @@ from scratch.generate import (
     sample,
     sample_from_probs,
     sample_multinomial_reference,
-    softmax,
 )
+from scratch.nn import softmax
 
 FIXTURE_OK = settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 

@@ -14,9 +14,10 @@ import transformers
 
 import backends
 import scratch.models
-from scratch.generate import GenerationConfig, softmax
-from scratch.generate.generate import generate, prepare_prompt
+from scratch.generate import GenerationConfig, generate
+from scratch.generate.prompt import prepare_prompt
 from scratch.generate.speculative import speculative_generate, verify_drafts, verify_drafts_greedy
+from scratch.nn import softmax
 
 PROMPTS = np.array([[5, 6, 7, 8, 9], [1, 1, 11, 12, 13]], dtype=np.int64)
 MASK = np.array([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]], dtype=np.int64)

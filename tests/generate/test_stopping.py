@@ -124,6 +124,30 @@ def test_any_stop_and_build_stopping():
     assert build_stopping(GenerationConfig(), prompt_length=3)[0].max_length == 20
 
 
+def test_per_row_starts_and_undecided_rows():
+    """One start per row keeps each row's left padding out of the text; only the undecided rows are decoded."""
+    st_, op, x = PIECES.index("st"), PIECES.index("op"), PIECES.index("x")
+    ids = np.array([[st_, op], [x, op]], np.int64)
+    assert StopStrings("stop", toy_decode, start=[0, 1])(ids).tolist() == [True, False]
+    assert StopStrings("xop", toy_decode, start=[0, 1])(ids).tolist() == [False, False]   # "x" is row 1's padding
+    decoded = []
+    counting = StopStrings("stop", lambda t: decoded.append(t) or toy_decode(t))
+    assert counting(ids, np.array([False, True])).tolist() == [False, False]   # row 0 not asked: answers False
+    assert decoded == [[x, op], [x]]                  # only row 1 was decoded, with and without its last token
+
+
+def test_any_stop_keeps_finished_rows_and_asks_only_the_rest():
+    asked = []
+
+    def spy(input_ids, undecided=None):
+        asked.append(undecided.tolist())
+        return np.zeros(input_ids.shape[0], dtype=bool)
+    ids = np.array([[2, 5, 0], [2, 5, 9], [2, 5, 9]], np.int64)
+    done = any_stop([EosToken(0), spy], ids, finished=np.array([False, True, False]))
+    assert done.tolist() == [True, True, False] and asked == [[False, False, True]]
+    assert any_stop([MaxLength(3), spy], ids).tolist() == [True, True, True] and len(asked) == 1   # all done
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="eos_token_id"):
         EosToken([])
