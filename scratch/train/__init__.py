@@ -1,0 +1,76 @@
+"""Fine-tuning from scratch: gradients written by hand and the optimizers that use them, on NumPy, array-api-strict
+and CuPy alike.
+
+`layers`: a forward/backward pair for every layer GPT-2 and Llama use (embedding with scatter-add, linear, LayerNorm,
+RMSNorm, GELU exact and tanh, SiLU/SwiGLU, causal attention with GQA/MQA, RoPE in both layouts, softmax +
+cross-entropy with ignore_index); each forward equals scratch.nn's and each backward is checked against finite
+differences and torch autograd. `optim`: AdamW and SGD with torch.optim's exact update rules, global-norm clipping, the
+warmup + cosine schedule, gradient accumulation and weight-decay groups. Derivations: docs/backprop.md.
+Not yet here: whole-model gradients, LoRA, the training loop and its command line (they build on these).
+
+Public API
+    layers:  x_forward(...) -> (out, cache) and x_backward(dout, cache) -> grads in the forward's argument order, for
+             x in embedding, linear, layer_norm, rms_norm, gelu, gelu_tanh, silu, swiglu, mlp_gelu, mlp_swiglu, rope,
+             attention, cross_entropy; ACTIVATIONS (config name -> pair); index_add, segment_sums (scatter-add).
+             Tied embedding: embedding_backward(dout, cache, dtable=dhead) adds the lookup's gradient to the head's.
+    optim:   trainable_parameters(obj); AdamW(params, lr, betas, eps, weight_decay, decay_rule); SGD(params, lr,
+             momentum, dampening, weight_decay, nesterov, decay_rule) with .step(grads), .lr, .state_dict(),
+             .load_state_dict(); default_decay_rule, decay_groups; clip_grad_norm(grads, max_norm);
+             warmup_cosine_lr(step, max_lr, total_steps, warmup_steps, min_lr); GradientAccumulator.
+"""
+from scratch.train.layers import (
+    ACTIVATIONS,
+    CrossEntropyCache,
+    attention_backward,
+    attention_forward,
+    cross_entropy_backward,
+    cross_entropy_forward,
+    embedding_backward,
+    embedding_forward,
+    gelu_backward,
+    gelu_forward,
+    gelu_tanh_backward,
+    gelu_tanh_forward,
+    index_add,
+    layer_norm_backward,
+    layer_norm_forward,
+    linear_backward,
+    linear_forward,
+    mlp_gelu_backward,
+    mlp_gelu_forward,
+    mlp_swiglu_backward,
+    mlp_swiglu_forward,
+    rms_norm_backward,
+    rms_norm_forward,
+    rope_backward,
+    rope_forward,
+    segment_sums,
+    silu_backward,
+    silu_forward,
+    swiglu_backward,
+    swiglu_forward,
+)
+from scratch.train.optim import (
+    EMBEDDING_NAMES,
+    SGD,
+    AdamW,
+    GradientAccumulator,
+    Optimizer,
+    clip_grad_norm,
+    decay_groups,
+    default_decay_rule,
+    trainable_parameters,
+    warmup_cosine_lr,
+)
+
+__all__ = [
+    "embedding_forward", "embedding_backward", "linear_forward", "linear_backward",
+    "layer_norm_forward", "layer_norm_backward", "rms_norm_forward", "rms_norm_backward",
+    "gelu_forward", "gelu_backward", "gelu_tanh_forward", "gelu_tanh_backward",
+    "silu_forward", "silu_backward", "swiglu_forward", "swiglu_backward", "ACTIVATIONS",
+    "mlp_gelu_forward", "mlp_gelu_backward", "mlp_swiglu_forward", "mlp_swiglu_backward",
+    "rope_forward", "rope_backward", "attention_forward", "attention_backward",
+    "cross_entropy_forward", "cross_entropy_backward", "CrossEntropyCache", "index_add", "segment_sums",
+    "trainable_parameters", "EMBEDDING_NAMES", "default_decay_rule", "decay_groups",
+    "Optimizer", "AdamW", "SGD", "clip_grad_norm", "warmup_cosine_lr", "GradientAccumulator",
+]
