@@ -10,6 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from scratch.formats.gguf import is_gguf
 from scratch.tokenizer.bpe import BPETokenizer, StreamDecoder
 
 __all__ = ["BPETokenizer", "StreamDecoder", "load_tokenizer"]
@@ -50,22 +51,34 @@ def load_tokenizer(path_or_name: str | Path):
     Names: "cl100k_base" (also "cl100k", "gpt4"), built once and shared. Files: our JSON (`BPETokenizer.save`), a Hugging Face
     tokenizer.json, a tiktoken rank file (`.tiktoken`, or a `tokenizer.model` whose lines are base64 + rank; the
     pattern and special tokens are guessed from its size: 128,000 -> Llama 3, ~100k -> cl100k, ~50k -> GPT-2), a
-    SentencePiece `.model`. Folders: tokenizer.json or vocab.json + merges.txt (Hugging Face), else tokenizer.model.
+    SentencePiece `.model`. Folders: tokenizer.json or vocab.json + merges.txt (Hugging Face), else tokenizer.model,
+    with the folder's chat template. A GGUF file (by its magic bytes): its tokenizer.ggml.* metadata (gguf_vocab.py).
+    A Hugging Face model id "owner/name" that is not a local path: its files in the hub cache (scratch.formats.hub).
     """
     name = str(path_or_name)
     path = Path(path_or_name)
     if not path.exists():
         if name in _BUNDLED:
             return _bundled(_BUNDLED[name])
-        raise FileNotFoundError(f"no tokenizer file, folder or known name {name!r} (names: "
-                                f"{', '.join(sorted(_BUNDLED))})")
+        from scratch.formats.hub import looks_like_model_id, resolve_model_id
+
+        if not looks_like_model_id(name):
+            raise FileNotFoundError(f"no tokenizer file, folder or known name {name!r} (names: "
+                                    f"{', '.join(sorted(_BUNDLED))}; or a Hugging Face model id owner/name)")
+        path = resolve_model_id(name, needs=("tokenizer.json", "vocab.json", "tokenizer.model"))  # the hub cache
+    if is_gguf(path):  # llama.cpp's checkpoint file carries its tokenizer in the metadata
+        from scratch.tokenizer.gguf_vocab import from_gguf
+
+        return from_gguf(path)
     if path.is_dir():
+        from scratch.tokenizer.chat_template import with_folder_chat_template  # + the folder's chat template
+
         if (path / "tokenizer.json").exists() or (path / "vocab.json").exists():
             from scratch.tokenizer.hf import from_hf
 
-            return from_hf(path)
+            return with_folder_chat_template(from_hf(path), path)
         if (path / "tokenizer.model").exists():
-            return _from_model_file(path / "tokenizer.model")
+            return with_folder_chat_template(_from_model_file(path / "tokenizer.model"), path)
         raise ValueError(f"{path}: folder has no tokenizer.json, vocab.json + merges.txt or tokenizer.model")
     if path.suffix == ".json":
         with open(path, "rb") as handle:

@@ -31,6 +31,7 @@ import numpy as np
 import regex
 
 from scratch.atomic import atomic_write
+from scratch.tokenizer.chat_template import ChatTemplateMixin
 from scratch.tokenizer.pretokenize import MAX_RUN_CHARS, apply_pattern, pretokenize, resolve_pattern
 
 NO_RANK = sys.maxsize  # "this pair never merges": larger than every rank, so min() never picks it over a real one
@@ -82,7 +83,7 @@ class StreamDecoder:
         return text
 
 
-class BPETokenizer:
+class BPETokenizer(ChatTemplateMixin):  # + apply_chat_template (chat_template.py)
     """A byte-level BPE vocabulary with its merge ranks, pre-tokenizer pattern and special tokens.
 
     vocab: id -> token bytes; every single byte needs an id (not necessarily its value: cl100k's are not).

@@ -19,6 +19,8 @@ from typing import Iterable, Iterator
 
 import regex
 
+from scratch.tokenizer.chat_template import ChatTemplateMixin
+
 SPACE = "\u2581"  # "▁" LOWER ONE EIGHTH BLOCK: SentencePiece's visible stand-in for " "
 
 # ModelProto.SentencePiece.Type
@@ -179,7 +181,7 @@ def parse_model_proto(data: bytes, source: str = "<model>") -> tuple[list[tuple[
 # The tokenizer
 # ---------------------------------------------------------------------------------------------------------------
 
-class SentencePieceBPE:
+class SentencePieceBPE(ChatTemplateMixin):  # + apply_chat_template (chat_template.py)
     """SentencePiece BPE encoder/decoder over a table of (piece, score, type), ids = positions in the table."""
 
     def __init__(self, pieces: Iterable[tuple[str, float, int]], *, normalizer: NormalizerSpec | None = None,
