@@ -5,9 +5,12 @@ Python source and Korean): tiktoken `encode_ordinary`; `regex.findall` with the 
 for any pure-Python encoder, since ours runs that same regex); ours `encode_ordinary` with a cold chunk cache (a
 fresh tokenizer: every distinct chunk pays for BPE once), again with the cache warm, and `encode` (special-token
 check included). Prints MB/s (UTF-8 bytes) and each one's ratio to tiktoken, and checks the ids are identical.
+With --paths, also what each path of the fast encoder (scratch/tokenizer/bpe_fast.py) buys: a cold cache with the
+cycle collector left running, a cold cache without NumPy batches (new chunks merged one by one), and the plain
+encoder (`tokenizer.fast = None`: pretokenize + merge_chunk, no cache).
 Speeds are per CPU second of this process (time.process_time: all of it is one thread), which stays meaningful
 on a shared, busy machine; the wall-clock seconds are printed beside them.
-Run:  python bench/bench_encode.py [--corpus PATH] [--limit-mb 10]
+Run:  python bench/bench_encode.py [--corpus PATH] [--limit-mb 10] [--paths]
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="UTF-8 text file")
     parser.add_argument("--limit-mb", type=float, default=None, help="use only the first N million characters")
+    parser.add_argument("--paths", action="store_true", help="also time the encoder with each fast path turned off")
     args = parser.parse_args(argv)
     if not args.corpus.is_file():
         print(f"skipped: corpus not found: {args.corpus} (pass --corpus PATH)")
@@ -46,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     import tiktoken.load
 
     from scratch.tokenizer import BPETokenizer
+    from scratch.tokenizer.bpe_fast import FastEncoder
     from scratch.tokenizer.pretokenize import PATTERNS
     from scratch.tokenizer.tiktoken_format import CL100K_SPECIAL_TOKENS, bundled_file
 
@@ -75,6 +80,15 @@ def main(argv: list[str] | None = None) -> int:
     got_warm = run("ours encode_ordinary, warm cache", ours.encode_ordinary, text)
     got_special = run("ours encode (special check), warm", ours.encode, text)
     identical = got_cold == expected and got_warm == expected and got_special == reference.encode(text)
+    if args.paths:
+        without_gc_pause = FastEncoder(ours)
+        without_gc_pause.pause_gc = False
+        without_batches = FastEncoder(ours)
+        without_batches.batch_min = len(text) + 1
+        for name, fast in [("  cold, cycle collector running", without_gc_pause),
+                           ("  cold, no NumPy batches", without_batches), ("  plain (tokenizer.fast = None)", None)]:
+            ours.fast = fast
+            identical &= run(name, ours.encode_ordinary, text) == expected
 
     t_tiktoken = rows[0][1]
     print(f"{'':36} {'MB/s':>7} {'x tiktoken':>11} {'CPU s':>7} {'wall s':>7}")

@@ -147,22 +147,15 @@ class HFTokenizer(BPETokenizer):
         self.normalizer = normalizer  # a Unicode normal form applied to the text before anything else, or None
         vocab = dict(vocab)
         present = set(vocab.values())
-        next_id = max([*vocab, *(special_tokens or {}).values(), -1]) + 1
-        self.n_real = next_id
         # subtle: BPETokenizer needs an id for every byte; missing ones get placeholder ids past the vocabulary,
-        # removed again below; the bytes themselves are dropped before merging (_encode_hf_chunk).
-        self.missing_bytes = frozenset(b for b in range(256) if bytes([b]) not in present)  # dropped when encoding
+        # dropped again below (drop_tokens); the bytes themselves are dropped before merging (_encode_hf_chunk).
+        self.missing_bytes = frozenset(byte for byte in range(256) if bytes([byte]) not in present)
         self._missing = bytes(sorted(self.missing_bytes))
-        self._placeholders = frozenset(range(next_id, next_id + len(self.missing_bytes)))
-        for byte in range(256):
-            if bytes([byte]) not in present:
-                vocab[next_id] = bytes([byte])
-                next_id += 1
+        first_placeholder = max([*vocab, *(special_tokens or {}).values(), -1]) + 1
+        placeholders = range(first_placeholder, first_placeholder + len(self._missing))
+        vocab.update(zip(placeholders, (bytes([byte]) for byte in self._missing)))
         super().__init__(vocab, merges, pattern, special_tokens, ignore_merges=ignore_merges)
-        for token_id in self._placeholders:
-            del self._id_of_bytes[self.vocab.pop(token_id)]
-            del self._decoder[token_id]
-        self.n_vocab = self.n_real
+        self.drop_tokens(placeholders)
         self.byte_level_pattern = tuple(resolve_pattern(tuple(byte_level_pattern))) if byte_level_pattern else ()
         self._byte_level_compiled = [compile_pattern(each) for each in self.byte_level_pattern]
         self._hf_cache: dict[str, tuple[int, ...]] = {}

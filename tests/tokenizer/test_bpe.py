@@ -1,8 +1,10 @@
-"""BPETokenizer on its own: the merge rule (reference == list scan == heap), round trips, special tokens, the
-streaming decoder, construction errors, save/load and its failure modes, load_tokenizer, training through the
-trainer, and near-linear work on pathological input (counted in merge steps, not seconds)."""
+"""BPETokenizer on its own: the merge rule (bpe.merge_chunk, the plain loop) and the fast encoder held to it
+(bpe_fast: heap == batch == plain, cached encode == plain encode), round trips, special tokens, the streaming
+decoder, construction errors, save/load and its failure modes, load_tokenizer, training through the trainer, and
+near-linear work on pathological input (counted in merge steps, not seconds)."""
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -11,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from scratch.tokenizer import BPETokenizer, StreamDecoder, load_tokenizer
-from scratch.tokenizer import bpe as bpe_module
-from scratch.tokenizer.pretokenize import pretokenize
+from scratch.tokenizer.bpe import merge_chunk
+from scratch.tokenizer.pretokenize import MAX_RUN_CHARS, pretokenize
 from scratch.tokenizer.tiktoken_format import CL100K_SPECIAL_TOKENS, bundled_file
 from tests.conftest import require_shared
 
@@ -36,29 +38,64 @@ BYTES = (st.binary(max_size=300)
                     max_size=120).map(b"".join))
 
 
+def plain_merge(tokenizer: BPETokenizer, data: bytes) -> list[int]:
+    return merge_chunk(data, tokenizer.byte_ids, tokenizer.pair_ranks, tokenizer.merged_ids)
+
+
+def plain_twin(tokenizer: BPETokenizer) -> BPETokenizer:
+    """The same tokenizer encoding through the plain functions (no fast encoder)."""
+    twin = copy.copy(tokenizer)
+    twin.fast = None
+    return twin
+
+
 # ------------------------------------------------------------------------------------------------ merge rule
 @given(BYTES)
-def test_fast_bpe_equals_reference_trained(small, data):
-    expected = small._bpe_reference(data)
-    assert small._bpe_short(data) == expected
-    assert small._bpe_heap(data) == expected
+def test_heap_merge_equals_plain_trained(small, data):
+    assert small.fast.merge_heap(data) == plain_merge(small, data)
 
 
 @given(BYTES)
-def test_fast_bpe_equals_reference_cl100k(cl100k, data):
-    expected = cl100k._bpe_reference(data)
-    assert cl100k._bpe_short(data) == expected
-    assert cl100k._bpe_heap(data) == expected
+def test_heap_merge_equals_plain_cl100k(cl100k, data):
+    assert cl100k.fast.merge_heap(data) == plain_merge(cl100k, data)
 
 
 SHORT_BYTES = BYTES.filter(lambda data: 2 <= len(data) <= 128)
 
 
 @given(st.lists(SHORT_BYTES, min_size=1, max_size=40))
-def test_batch_bpe_equals_reference(small, cl100k, datas):
+def test_batch_merge_equals_plain(small, cl100k, datas):
     """The NumPy rounds (many chunks merged together) against the plain loop, for both rank kinds."""
     for tokenizer in (small, cl100k):
-        assert tokenizer._bpe_batch(datas) == [tokenizer._bpe_reference(data) for data in datas]
+        assert tokenizer.fast.merge_batch(datas) == [plain_merge(tokenizer, data) for data in datas]
+
+
+TEXTS = st.text(max_size=300) | st.lists(st.sampled_from(["the", " cat", " ", "aaaa", "안녕", "🎉", "\n", "12345",
+                                                          "x" * 200, " " * 150]), max_size=60).map("".join)
+
+
+@given(TEXTS)
+def test_fast_encode_equals_plain_encode(small, cl100k, text):
+    """The whole fast path (chunk cache, batch or heap, whole-token lookup) against pretokenize + merge_chunk, on a
+    warm cache and a cold one."""
+    for tokenizer in (small, cl100k):
+        plain = plain_twin(tokenizer)
+        expected = plain.encode_ordinary(text)
+        assert tokenizer.encode_ordinary(text) == expected
+        fresh = BPETokenizer(tokenizer.vocab, tokenizer.merges, tokenizer.pattern, merge_rank=tokenizer.merge_rank)
+        assert fresh.encode_ordinary(text) == expected
+        for chunk in pretokenize(text, tokenizer.pattern):
+            assert tokenizer.encode_chunk_bytes(chunk.encode()) == plain.encode_chunk_bytes(chunk.encode())
+
+
+def test_plain_encode_on_a_real_text_sample(cl100k):
+    """Enough text for the batch path and for cache hits, plain == fast; and the plain path really runs plain."""
+    text = ("The quick brown fox jumps over the lazy dog. It's 2024!\n" * 3 + "def f(x):\n    return x + 1\n"
+            + "한국어 문장은 띄어쓰기를 합니다. " + " ".join(f"w{i}x{i * 7919 % 1000}q" for i in range(200)))
+    plain = plain_twin(cl100k)
+    assert plain.fast is None and cl100k.fast is not None
+    assert plain.encode(text) == cl100k.encode(text) == BPETokenizer(
+        cl100k.vocab, cl100k.merges, "gpt4", merge_rank="token_id").encode(text)
 
 
 def test_encode_many_new_chunks_at_once(cl100k):
@@ -73,7 +110,7 @@ def test_merge_rule_by_hand():
     vocab = {i: bytes([i]) for i in range(256)}
     vocab.update({256: b"aa", 257: b"aaa", 258: b"ab"})
     tokenizer = BPETokenizer(vocab, [(97, 97), (256, 97), (97, 98)], ignore_merges=False)
-    assert tokenizer._bpe_reference(b"aaab") == [257, 98]  # aa first (rank 0, leftmost), then aa+a (rank 1)
+    assert plain_merge(tokenizer, b"aaab") == [257, 98]  # aa first (rank 0, leftmost), then aa+a (rank 1)
     assert tokenizer.encode("aaab") == [257, 98]
     assert tokenizer.encode("aaaab") == [256, 256, 98]  # leftmost aa twice; ab never forms
     # ignore_merges: a chunk that is a token is taken whole, even if merging would not reach it
@@ -96,7 +133,7 @@ def test_token_id_ranking_ties_like_tiktoken(text):
                         merge_rank="token_id")
     data = text.encode()
     assert ours.encode_chunk_bytes(data) == reference._core_bpe.encode_single_piece(data)
-    assert ours._bpe_short(data) == ours._bpe_heap(data) == ours._bpe_reference(data)
+    assert ours.fast.merge_heap(data) == plain_merge(ours, data)
 
 
 def test_threads_share_one_tokenizer(cl100k):
@@ -193,7 +230,9 @@ def test_pickle_roundtrip(small):
 
     small.encode("warm the cache")
     again = pickle.loads(pickle.dumps(small))
+    assert not again.fast.cache  # the cache and its lock are not pickled; they start over
     assert again.encode(CORPUS[:300]) == small.encode(CORPUS[:300]) and again.merges == small.merges
+    assert pickle.loads(pickle.dumps(plain_twin(small))).encode(CORPUS[:300]) == small.encode(CORPUS[:300])
 
 
 def test_helpers(cl100k):
@@ -375,18 +414,18 @@ def test_long_runs_stay_near_linear(cl100k, text, monkeypatch):
     characters), and the heap merge pops O(bytes) entries."""
     tokenizer = BPETokenizer(cl100k.vocab, cl100k.merges, "gpt4", merge_rank="token_id")  # fresh, empty cache
     chunk_bytes = []
-    inner = tokenizer._encode_chunks
+    inner = tokenizer.fast.encode_chunks
 
     def counted(chunks):
         chunk_bytes.extend(len(chunk.encode()) for chunk in chunks)
         return inner(chunks)
 
-    monkeypatch.setattr(tokenizer, "_encode_chunks", counted)
+    monkeypatch.setattr(tokenizer.fast, "encode_chunks", counted)
     ids = tokenizer.encode_ordinary(text)
     assert tokenizer.decode(ids) == text
     assert len(chunk_bytes) <= 4, "the same 25,000-character piece must come from the cache"
-    assert max(chunk_bytes, default=0) <= 3 * bpe_module.MAX_RUN_CHARS
-    assert tokenizer.heap_steps <= 3 * sum(chunk_bytes)  # each merge pushes at most two entries
+    assert max(chunk_bytes, default=0) <= 3 * MAX_RUN_CHARS
+    assert tokenizer.fast.heap_steps <= 3 * sum(chunk_bytes)  # each merge pushes at most two entries
 
 
 def test_long_chunks_are_cut_exactly_as_pretokenize_cuts(small):
@@ -398,14 +437,15 @@ def test_long_chunks_are_cut_exactly_as_pretokenize_cuts(small):
     for text in texts:
         chunks = pretokenize(text, "gpt4", max_run=5)
         assert tokenizer.encode_ordinary(text) == [t for c in chunks for t in tokenizer.encode_chunk_bytes(c.encode())]
-        assert max(map(len, tokenizer._cache)) <= 5
+        assert max(map(len, tokenizer.fast.cache)) <= 5
     tokenizer.max_run = 1000  # a new limit empties the cache: cached chunks obeyed the old one
-    assert not tokenizer._cache and tokenizer.encode_ordinary("abcdefghijkl") == small.encode_ordinary("abcdefghijkl")
+    assert tokenizer.encode_ordinary("abcdefghijkl") == small.encode_ordinary("abcdefghijkl")
+    assert set(tokenizer.fast.cache) == {"abcdefghijkl"}
 
 
 def test_heap_steps_are_linear_in_chunk_length(cl100k):
     tokenizer = BPETokenizer(cl100k.vocab, cl100k.merges, "gpt4", merge_rank="token_id")
     for n in (1_000, 10_000):
-        before = tokenizer.heap_steps
-        tokenizer._bpe_heap(bytes(range(97, 123)) * (n // 26))
-        assert tokenizer.heap_steps - before <= 3 * n
+        before = tokenizer.fast.heap_steps
+        tokenizer.fast.merge_heap(bytes(range(97, 123)) * (n // 26))
+        assert tokenizer.fast.heap_steps - before <= 3 * n
