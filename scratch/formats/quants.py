@@ -6,8 +6,8 @@ or `d * q + m` / `d * q - dmin * m` ("_1" types and k-quants, with an offset). T
 256-weight super-block holds 8 or 16 sub-blocks whose own 4- or 6-bit scales are multiplied by the float16 `d`.
 Layouts follow ggml's C definitions (ggml-common.h, ggml-quants.c: `dequantize_row_*`, `quantize_row_*_ref`);
 docs/quantization.md draws each block. Quantizers write what ggml's reference quantizers write (Q8_0, Q4_0, Q4_1,
-Q5_0, Q5_1); the k-quant quantizers here are a plain min/max fit, not ggml's search (same format, a little more
-error). Host-side NumPy only: no backend, no file I/O.
+Q5_0, Q5_1, BF16); the k-quant quantizers here are a plain range fit, not ggml's error-weighted search (same format,
+a little more error). Host-side NumPy only: no backend, no file I/O.
 """
 from __future__ import annotations
 
@@ -344,9 +344,110 @@ def _quantize_bf16(blocks):
     return rounded.view(np.uint8)
 
 
+# The k-quants. ggml's reference quantizers search each sub-block for the scale (and min) that minimise a weighted
+# squared error (make_qx_quants / make_qkx2_quants); these take the plain fit instead -- the sub-block's range, or
+# its largest magnitude -- and then quantize the sub-block scales against the super-block's float16 `d` (and
+# `dmin`). Same format, readable by any GGUF reader; a little more error than llama.cpp's (docs/quantization.md).
+
+def _round_clip(x: np.ndarray, low: int, high: int) -> np.ndarray:
+    return np.clip(np.rint(_finite_or_zero(x)), low, high)
+
+
+def _range_fit(sub: np.ndarray, levels: int, scale_bits: int):
+    """Asymmetric sub-blocks (Q2_K, Q4_K, Q5_K): w ~ d * sc * q - dmin * m, q in 0..levels. The min is capped at 0
+    (as ggml does) so the offset is never negative. -> (d, dmin) (N, 1) float16-rounded, sc, m (N, S) ints, q."""
+    low = np.minimum(sub.min(axis=2), 0)  # (N, S)
+    scale = (sub.max(axis=2) - low) / np.float32(levels)
+    top = (1 << scale_bits) - 1
+    d = _as_f16(scale.max(axis=1, keepdims=True) / np.float32(top))
+    dmin = _as_f16(-low.min(axis=1, keepdims=True) / np.float32(top))
+    sc = _round_clip(scale * _inverse(d), 0, top)
+    m = _round_clip(-low * _inverse(dmin), 0, top)
+    step = (d * sc)[:, :, None]
+    q = _round_clip((sub + (dmin * m)[:, :, None]) * _inverse(step), 0, levels)
+    return d, dmin, sc.astype(np.uint8), m.astype(np.uint8), q.astype(np.uint8)
+
+
+def _signed_fit(sub: np.ndarray, most_negative: int, scale_bits: int):
+    """Symmetric sub-blocks (Q3_K, Q6_K): w ~ d * sc * q with q in most_negative..-most_negative-1 and signed
+    scales; the largest magnitude maps to `most_negative` exactly (the extra negative code, as in Q4_0).
+    -> d (N, 1) float16-rounded, sc (N, S) ints, q (N, S, W) ints."""
+    index = np.abs(sub).argmax(axis=2)[:, :, None]
+    scale = np.take_along_axis(sub, index, axis=2)[:, :, 0] / np.float32(most_negative)  # (N, S)
+    top = (1 << (scale_bits - 1)) - 1
+    largest = np.take_along_axis(scale, np.abs(scale).argmax(axis=1)[:, None], axis=1)
+    d = _as_f16(largest / np.float32(-(top + 1)))
+    sc = _round_clip(scale * _inverse(d), -(top + 1), top)
+    q = _round_clip(sub * _inverse((d * sc)[:, :, None]), most_negative, -most_negative - 1)
+    return d, sc.astype(np.int8), q.astype(np.int8)
+
+
+def _as_f16(x: np.ndarray) -> np.ndarray:
+    """x rounded to float16 and back: the scale the decoder will see, so the codes are fitted to it."""
+    return x.astype(np.float16).astype(np.float32)
+
+
+def _pack_k4_scales(sc: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Inverse of _k4_scales_mins: 8 6-bit scales and mins -> 12 bytes."""
+    first = (sc[:, :4] & 63) | ((sc[:, 4:] >> 4) << 6)
+    first_min = (m[:, :4] & 63) | ((m[:, 4:] >> 4) << 6)
+    last = (sc[:, 4:] & 0x0F) | ((m[:, 4:] & 0x0F) << 4)
+    return np.concatenate([first, first_min, last], axis=1)
+
+
+def _pack_2bit_planes(q: np.ndarray) -> np.ndarray:
+    """Q2_K / Q3_K low bits: weight 128n + 32j + 16k + l -> bits 2j.. of byte 32n + 16k + l. (N, 256) -> (N, 64)."""
+    planes = q.reshape(-1, 2, 4, 2, 16) & 3  # (N, n, j, k, l)
+    shifts = np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1, 1)
+    return np.bitwise_or.reduce(planes << shifts, axis=2).reshape(-1, 64)
+
+
+def _quantize_q2_k(blocks):
+    d, dmin, sc, m, q = _range_fit(blocks.reshape(-1, 16, 16), 3, 4)
+    return np.concatenate([sc | (m << 4), _pack_2bit_planes(q), _f16_bytes(d), _f16_bytes(dmin)], axis=1)
+
+
+def _quantize_q3_k(blocks):
+    d, sc, q = _signed_fit(blocks.reshape(-1, 16, 16), -4, 6)
+    stored = (q.reshape(-1, 256) + 4).astype(np.uint8)  # 0..7: two low bits, and the third bit set when q >= 0
+    high = (stored >> 2).reshape(-1, 8, 2, 16)  # (N, 4n + j, k, l) -> bit 4n + j of hmask[16k + l]
+    hmask = np.bitwise_or.reduce(high << np.arange(8, dtype=np.uint8).reshape(1, 8, 1, 1), axis=1).reshape(-1, 32)
+    scales = (sc.astype(np.int16) + 32).astype(np.uint8)  # (N, 16) 6-bit
+    low, top = scales & 0x0F, scales >> 4
+    packed = np.concatenate([low[:, :8] | (low[:, 8:] << 4),
+                             top[:, 0:4] | (top[:, 4:8] << 2) | (top[:, 8:12] << 4) | (top[:, 12:16] << 6)], axis=1)
+    return np.concatenate([hmask, _pack_2bit_planes(stored), packed, _f16_bytes(d)], axis=1)
+
+
+def _quantize_q4_k(blocks):
+    d, dmin, sc, m, q = _range_fit(blocks.reshape(-1, 8, 32), 15, 6)
+    halves = q.reshape(-1, 4, 2, 32)  # (N, c, h, l): nibble h of qs[32c + l]
+    qs = (halves[:, :, 0] | (halves[:, :, 1] << 4)).reshape(-1, 128)
+    return np.concatenate([_f16_bytes(d), _f16_bytes(dmin), _pack_k4_scales(sc, m), qs], axis=1)
+
+
+def _quantize_q5_k(blocks):
+    d, dmin, sc, m, q = _range_fit(blocks.reshape(-1, 8, 32), 31, 6)
+    halves = q.reshape(-1, 4, 2, 32) & 0x0F
+    qs = (halves[:, :, 0] | (halves[:, :, 1] << 4)).reshape(-1, 128)
+    high = (q >> 4).reshape(-1, 8, 32)  # (N, 2c + h, l) -> bit 2c + h of qh[l]
+    qh = np.bitwise_or.reduce(high << np.arange(8, dtype=np.uint8).reshape(1, 8, 1), axis=1)
+    return np.concatenate([_f16_bytes(d), _f16_bytes(dmin), _pack_k4_scales(sc, m), qh, qs], axis=1)
+
+
+def _quantize_q6_k(blocks):
+    d, sc, q = _signed_fit(blocks.reshape(-1, 16, 16), -32, 8)
+    stored = (q.reshape(-1, 2, 4, 32) + 32).astype(np.uint8)  # (N, n, g, l), 0..63
+    low, high = stored & 0x0F, stored >> 4
+    ql = (low[:, :, 0:2] | (low[:, :, 2:4] << 4)).reshape(-1, 128)  # nibble g // 2 of ql[64n + 32(g % 2) + l]
+    qh = np.bitwise_or.reduce(high << (2 * np.arange(4, dtype=np.uint8)).reshape(1, 1, 4, 1), axis=2).reshape(-1, 64)
+    return np.concatenate([ql, qh, sc.view(np.uint8), _f16_bytes(d)], axis=1)
+
+
 _ENCODERS = {
     "Q8_0": _quantize_q8_0, "Q4_0": _quantize_q4_0, "Q4_1": _quantize_q4_1, "Q5_0": _quantize_q5_0,
-    "Q5_1": _quantize_q5_1, "BF16": _quantize_bf16,
+    "Q5_1": _quantize_q5_1, "BF16": _quantize_bf16, "Q2_K": _quantize_q2_k, "Q3_K": _quantize_q3_k,
+    "Q4_K": _quantize_q4_k, "Q5_K": _quantize_q5_k, "Q6_K": _quantize_q6_k,
 }
 QUANTIZABLE = ("F32", "F16") + tuple(_ENCODERS)
 

@@ -25,9 +25,11 @@ from scratch.nn import permute_for_half_layout, rope_inv_freq
 __all__ = ["load_gguf_model", "config_from_gguf", "weights_from_gguf", "save_gguf", "SAVE_DTYPES"]
 
 # save_gguf's dtype -> (ggml type of the weight matrices, llama.cpp's general.file_type: enum llama_ftype).
+# The k-quant files are llama.cpp's "_S" (small) variants: every matrix in the one type.
 SAVE_DTYPES: dict[str, tuple[str, int]] = {
     "f32": ("F32", 0), "f16": ("F16", 1), "bf16": ("BF16", 32), "q8_0": ("Q8_0", 7), "q4_0": ("Q4_0", 2),
-    "q4_1": ("Q4_1", 3), "q5_0": ("Q5_0", 8), "q5_1": ("Q5_1", 9),
+    "q4_1": ("Q4_1", 3), "q5_0": ("Q5_0", 8), "q5_1": ("Q5_1", 9), "q2_k": ("Q2_K", 10), "q3_k": ("Q3_K", 11),
+    "q4_k": ("Q4_K", 14), "q5_k": ("Q5_K", 16), "q6_k": ("Q6_K", 18),
 }
 QUANTIZATION_VERSION = 2  # ggml's current block formats (general.quantization_version)
 
@@ -563,8 +565,9 @@ def _special_ids(config) -> dict:
 def save_gguf(model, tokenizer, path, dtype: str = "f32", name: str | None = None) -> Path:
     """Write our Llama or GPT-2 as a GGUF file llama.cpp and transformers can load (atomically).
 
-    dtype: "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0" or "q5_1" -- the type of the weight matrices (vectors
-    stay F32, as llama.cpp writes them). `tokenizer`: None for a weights-only file, or a byte-level BPE tokenizer
+    dtype: "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", or a k-quant "q2_k".."q6_k" -- the type of
+    the weight matrices (vectors stay F32, as llama.cpp writes them; a matrix whose rows are not whole blocks is
+    written F16). `tokenizer`: None for a weights-only file, or a byte-level BPE tokenizer
     (BPETokenizer) written as llama.cpp's "gpt2" vocabulary. Returns the path.
     """
     if dtype not in SAVE_DTYPES:

@@ -94,6 +94,21 @@ def test_gpt2_save_gguf_load_equals_transformers(gpt2_folder, tokenizer, dtype):
         np.testing.assert_allclose(logits, _hf_logits(gpt2_folder), atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", ["q4_k", "q6_k"])
+def test_llama_k_quants_equal_transformers(tmp_path, dtype):
+    """k-quant blocks hold 256 weights: a Llama whose rows are 256 wide is written all in the k-quant."""
+    torch.manual_seed(2)
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=256, intermediate_size=256, num_hidden_layers=1,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+                                      rms_norm_eps=1e-5, tie_word_embeddings=True)
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path)
+    path = save_gguf(scratch.models.load(tmp_path), None, tmp_path / f"k-{dtype}.gguf", dtype=dtype)
+    assert read_gguf(path).tensors["blk.0.ffn_down.weight"].type_name == dtype.upper()
+    ids = IDS % 64
+    np.testing.assert_allclose(np.asarray(scratch.models.load(path)(ids)), _transformers_logits(path, ids),
+                               atol=ATOL, rtol=0)
+
+
 def test_saved_file_is_what_llama_cpp_expects(llama_folder):
     """Read back by the gguf package: llama.cpp's tensor names and types (vectors F32, matrices quantized), and its
     metadata keys with the value types its loader checks."""
@@ -305,7 +320,7 @@ def test_gpt2_untied_output_is_refused(gpt2_folder, tmp_path):
 def test_save_gguf_refuses_what_it_cannot_write(llama_folder, tmp_path):
     model = scratch.models.load(llama_folder)
     with pytest.raises(ValueError, match="dtype must be one of f32, f16, bf16, q8_0, q4_0"):
-        save_gguf(model, None, tmp_path / "x.gguf", dtype="q4_k")
+        save_gguf(model, None, tmp_path / "x.gguf", dtype="iq2_xxs")
     with pytest.raises(TypeError, match="save_gguf writes Llama and GPT-2 models, got str"):
         save_gguf("model", None, tmp_path / "x.gguf")
     with pytest.raises(TypeError, match="has no 'vocab'"):
