@@ -20,7 +20,7 @@ _BUNDLED = {"cl100k_base": "cl100k_base", "cl100k": "cl100k_base", "gpt4": "cl10
 
 @lru_cache(maxsize=4)
 def _bundled(name: str) -> BPETokenizer:
-    """A named vocabulary, built once per process (loading cl100k takes about half a second)."""
+    """A named vocabulary, built once per process (loading cl100k is slow enough to matter: docs/tokenizer.md)."""
     from scratch.tokenizer.tiktoken_format import CL100K_SPECIAL_TOKENS, bundled_file
 
     return BPETokenizer.from_tiktoken(bundled_file(name), "gpt4", dict(CL100K_SPECIAL_TOKENS))

@@ -139,39 +139,40 @@ def parse_model_proto(data: bytes, source: str = "<model>") -> tuple[list[tuple[
             raise ValueError(f"{source}: malformed protobuf (ModelProto field {number} is not length-delimited)")
         if number == 1:  # repeated SentencePiece {1: piece, 2: score (float), 3: type (enum)}
             piece, score, kind = None, 0.0, NORMAL
-            for n, w, v in iter_fields(value, source):
-                if n == 1 and w == 2:
-                    piece = v.decode("utf-8")
-                elif n == 2 and w == 5:
-                    score = _as_float32(v)
-                elif n == 3 and w == 0:
-                    kind = v
+            for field, field_wire, payload in iter_fields(value, source):
+                if field == 1 and field_wire == 2:
+                    piece = payload.decode("utf-8")
+                elif field == 2 and field_wire == 5:
+                    score = _as_float32(payload)
+                elif field == 3 and field_wire == 0:
+                    kind = payload
             if not piece:
                 raise ValueError(f"{source}: piece {len(pieces)} has no text")
             if kind not in TYPE_NAMES:
                 raise ValueError(f"{source}: piece {len(pieces)} {piece!r} has unknown type {kind}")
             pieces.append((piece, score, kind))
         elif number == 2:
-            for n, w, v in iter_fields(value, source):
-                if n == 3:
-                    trainer["model_type"] = v
-                elif n == 35:
-                    trainer["byte_fallback"] = _parse_bool(w, v, "byte_fallback", source)
-                elif n == 24:
-                    trainer["treat_whitespace_as_suffix"] = _parse_bool(w, v, "treat_whitespace_as_suffix", source)
-                elif n in (40, 41, 42, 43):
-                    trainer[{40: "unk_id", 41: "bos_id", 42: "eos_id", 43: "pad_id"}[n]] = _as_int32(v)
-                elif n == 44 and w == 2:
-                    trainer["unk_surface"] = v.decode("utf-8")
+            for field, field_wire, payload in iter_fields(value, source):
+                if field == 3:
+                    trainer["model_type"] = payload
+                elif field == 35:
+                    trainer["byte_fallback"] = _parse_bool(field_wire, payload, "byte_fallback", source)
+                elif field == 24:
+                    trainer["treat_whitespace_as_suffix"] = _parse_bool(field_wire, payload,
+                                                                        "treat_whitespace_as_suffix", source)
+                elif field in (40, 41, 42, 43):
+                    trainer[{40: "unk_id", 41: "bos_id", 42: "eos_id", 43: "pad_id"}[field]] = _as_int32(payload)
+                elif field == 44 and field_wire == 2:
+                    trainer["unk_surface"] = payload.decode("utf-8")
         elif number == 3:
-            for n, w, v in iter_fields(value, source):
-                if n == 1 and w == 2:
-                    normalizer["name"] = v.decode("utf-8")
-                elif n == 2 and w == 2:
-                    normalizer["has_charsmap"] = len(v) > 0
-                elif n in (3, 4, 5):
-                    key = {3: "add_dummy_prefix", 4: "remove_extra_whitespaces", 5: "escape_whitespaces"}[n]
-                    normalizer[key] = _parse_bool(w, v, key, source)
+            for field, field_wire, payload in iter_fields(value, source):
+                if field == 1 and field_wire == 2:
+                    normalizer["name"] = payload.decode("utf-8")
+                elif field == 2 and field_wire == 2:
+                    normalizer["has_charsmap"] = len(payload) > 0
+                elif field in (3, 4, 5):
+                    key = {3: "add_dummy_prefix", 4: "remove_extra_whitespaces", 5: "escape_whitespaces"}[field]
+                    normalizer[key] = _parse_bool(field_wire, payload, key, source)
     if not pieces:
         raise ValueError(f"{source}: no pieces (not a sentencepiece model?)")
     return pieces, TrainerSpec(**trainer), NormalizerSpec(**normalizer)
@@ -186,9 +187,10 @@ class SentencePieceBPE(ChatTemplateMixin):  # + apply_chat_template (chat_templa
 
     def __init__(self, pieces: Iterable[tuple[str, float, int]], *, normalizer: NormalizerSpec | None = None,
                  trainer: TrainerSpec | None = None, source: str = "<pieces>"):
-        self.pieces: list[tuple[str, float, int]] = [(str(p), float(s), int(t)) for p, s, t in pieces]
+        self.pieces: list[tuple[str, float, int]] = [(str(piece), float(score), int(kind))
+                                                      for piece, score, kind in pieces]
         if trainer is None:
-            trainer = TrainerSpec(model_type=2, byte_fallback=any(t == BYTE for _, _, t in self.pieces))
+            trainer = TrainerSpec(model_type=2, byte_fallback=any(kind == BYTE for _, _, kind in self.pieces))
         self.normalizer = normalizer if normalizer is not None else NormalizerSpec(remove_extra_whitespaces=False)
         self.trainer = trainer
         if trainer.model_type != 2:
@@ -203,44 +205,44 @@ class SentencePieceBPE(ChatTemplateMixin):  # + apply_chat_template (chat_templa
         # unknown and byte pieces are reachable only by id (so "<s>" typed in text is never the <s> token).
         self._mergeable: dict[str, int] = {}
         self._reserved: dict[str, int] = {}
-        for i, (piece, _, kind) in enumerate(self.pieces):
+        for piece_id, (piece, _, kind) in enumerate(self.pieces):
             if kind not in TYPE_NAMES:
-                raise ValueError(f"{source}: piece {i} {piece!r} has unknown type {kind}")
+                raise ValueError(f"{source}: piece {piece_id} {piece!r} has unknown type {kind}")
             table = self._mergeable if kind in (NORMAL, USER_DEFINED, UNUSED) else self._reserved
             if piece in table:
-                raise ValueError(f"{source}: piece {piece!r} appears twice (ids {table[piece]} and {i})")
-            table[piece] = i
+                raise ValueError(f"{source}: piece {piece!r} appears twice (ids {table[piece]} and {piece_id})")
+            table[piece] = piece_id
         self.scores = [score for _, score, _ in self.pieces]
         self.types = [kind for _, _, kind in self.pieces]
-        n = len(self.pieces)
+        size = len(self.pieces)
         for name in ("unk_id", "bos_id", "eos_id", "pad_id"):
             value = getattr(trainer, name)
-            if not -1 <= value < n:
-                raise ValueError(f"{source}: {name}={value} is outside the vocabulary of {n} pieces")
-        if not 0 <= trainer.unk_id < n:
+            if not -1 <= value < size:
+                raise ValueError(f"{source}: {name}={value} is outside the vocabulary of {size} pieces")
+        if not 0 <= trainer.unk_id < size:
             raise ValueError(f"{source}: unk_id must name a piece, got {trainer.unk_id}")
         self._byte_ids: list[int] | None = None
         if trainer.byte_fallback:
-            missing = [f"<0x{b:02X}>" for b in range(256) if self._reserved.get(f"<0x{b:02X}>") is None]
+            missing = [f"<0x{byte:02X}>" for byte in range(256) if self._reserved.get(f"<0x{byte:02X}>") is None]
             if missing:
                 raise ValueError(f"{source}: byte_fallback is on but byte pieces are missing: {missing[:4]}...")
-            self._byte_ids = [self._reserved[f"<0x{b:02X}>"] for b in range(256)]
-        self._byte_of = {i: b for b, i in enumerate(self._byte_ids or [])}
+            self._byte_ids = [self._reserved[f"<0x{byte:02X}>"] for byte in range(256)]
+        self._byte_of = {token_id: byte for byte, token_id in enumerate(self._byte_ids or [])}
         # User-defined pieces are matched whole (longest first) before merging, and never merged further.
-        user = sorted((p for p, _, t in self.pieces if t == USER_DEFINED), key=len, reverse=True)
-        self._user_defined = regex.compile("|".join(regex.escape(p) for p in user)) if user else None
+        user = sorted((piece for piece, _, kind in self.pieces if kind == USER_DEFINED), key=len, reverse=True)
+        self._user_defined = regex.compile("|".join(regex.escape(piece) for piece in user)) if user else None
         # Words can be encoded one at a time (and cached) if no piece has a "▁" after another character and "▁"
         # is itself known (so unknown characters never touch across a cut). See _encode_by_words.
         self._word_split = SPACE in self._mergeable and all(
-            _WORD_PIECE.fullmatch(p) for p, _, t in self.pieces if t in (NORMAL, USER_DEFINED, UNUSED))
+            _WORD_PIECE.fullmatch(piece) for piece, _, kind in self.pieces if kind in (NORMAL, USER_DEFINED, UNUSED))
         self._word_cache: dict[str, tuple[int, ...]] = {}
 
     # -- constructors ------------------------------------------------------------------------------------------
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "SentencePieceBPE":
         """Load a sentencepiece `.model` file (a serialized ModelProto)."""
-        with open(path, "rb") as f:
-            data = f.read()
+        with open(path, "rb") as handle:
+            data = handle.read()
         try:
             pieces, trainer, normalizer = parse_model_proto(data, source=str(path))
         except ValueError as error:
@@ -258,19 +260,20 @@ class SentencePieceBPE(ChatTemplateMixin):  # + apply_chat_template (chat_templa
         of a tokens.json (an int second slot). Defaults are Llama 2's settings; byte_fallback defaults to
         "the table has byte pieces"; unk/bos/eos default to the pieces "<unk>", "<s>", "</s>" (-1 if absent)."""
         table = []
-        for i, row in enumerate(pieces):
+        for piece_id, row in enumerate(pieces):
             if len(row) != 3:
-                raise ValueError(f"piece {i}: expected (piece, score, type), got {row!r}")
-            piece, a, b = row
-            if isinstance(a, int) and not isinstance(a, bool):
-                a, b = (0.0 if b is None else b), a  # tokens.json order: [piece, type, score]
-            table.append((piece, float(a), int(b)))
-        index = {p: i for i, (p, _, _) in enumerate(table)}
+                raise ValueError(f"piece {piece_id}: expected (piece, score, type), got {row!r}")
+            piece, score, kind = row
+            if isinstance(score, int) and not isinstance(score, bool):
+                score, kind = (0.0 if kind is None else kind), score  # tokens.json order: [piece, type, score]
+            table.append((piece, float(score), int(kind)))
+        index = {piece: piece_id for piece_id, (piece, _, _) in enumerate(table)}
         if unk_id is None:
-            unk_id = index.get("<unk>", next((i for i, (_, _, t) in enumerate(table) if t == UNKNOWN), 0))
+            unk_id = index.get("<unk>", next((piece_id for piece_id, (_, _, kind) in enumerate(table)
+                                              if kind == UNKNOWN), 0))
         trainer = TrainerSpec(
             model_type=2,
-            byte_fallback=any(t == BYTE for _, _, t in table) if byte_fallback is None else byte_fallback,
+            byte_fallback=any(kind == BYTE for _, _, kind in table) if byte_fallback is None else byte_fallback,
             unk_id=unk_id,
             bos_id=index.get("<s>", -1) if bos_id is None else bos_id,
             eos_id=index.get("</s>", -1) if eos_id is None else eos_id)
@@ -299,9 +302,9 @@ class SentencePieceBPE(ChatTemplateMixin):  # + apply_chat_template (chat_templa
     def pad_id(self) -> int:
         return self.trainer.pad_id
 
-    def id_to_piece(self, id: int) -> str:
-        self._check_id(id)
-        return self.pieces[id][0]
+    def id_to_piece(self, token_id: int) -> str:
+        self._check_id(token_id)
+        return self.pieces[token_id][0]
 
     def piece_to_id(self, piece: str) -> int:
         """The id of `piece`, or unk_id if there is none (as sentencepiece)."""
@@ -310,9 +313,9 @@ class SentencePieceBPE(ChatTemplateMixin):  # + apply_chat_template (chat_templa
             found = self._reserved.get(piece, self.unk_id)
         return found
 
-    def _check_id(self, id) -> None:
-        if not isinstance(id, int) or isinstance(id, bool) or not 0 <= id < len(self.pieces):
-            raise ValueError(f"token id {id!r} is outside the vocabulary (0..{len(self.pieces) - 1})")
+    def _check_id(self, token_id) -> None:
+        if not isinstance(token_id, int) or isinstance(token_id, bool) or not 0 <= token_id < len(self.pieces):
+            raise ValueError(f"token id {token_id!r} is outside the vocabulary (0..{len(self.pieces) - 1})")
 
     # -- encoding ----------------------------------------------------------------------------------------------
     def normalize(self, text: str) -> str:
@@ -353,12 +356,12 @@ class SentencePieceBPE(ChatTemplateMixin):  # + apply_chat_template (chat_templa
         unused_splits: dict[str, tuple[str, str]] = {}
         while True:
             best, best_score = -1, 0.0
-            for i in range(len(symbols) - 1):
-                if frozen[i] or frozen[i + 1]:
+            for at in range(len(symbols) - 1):
+                if frozen[at] or frozen[at + 1]:
                     continue
-                id = self._mergeable.get(symbols[i] + symbols[i + 1])
-                if id is not None and (best < 0 or self.scores[id] > best_score):
-                    best, best_score = i, self.scores[id]
+                piece_id = self._mergeable.get(symbols[at] + symbols[at + 1])
+                if piece_id is not None and (best < 0 or self.scores[piece_id] > best_score):
+                    best, best_score = at, self.scores[piece_id]
             if best < 0:
                 return symbols, unused_splits
             merged = symbols[best] + symbols[best + 1]
@@ -370,11 +373,11 @@ class SentencePieceBPE(ChatTemplateMixin):  # + apply_chat_template (chat_templa
     def merge_fast(self, symbols: list[str], frozen: list[bool]) -> tuple[list[str], dict]:
         """The same merges with a priority queue (sentencepiece's way): O(n log n). Symbols live in a linked list;
         a queued pair goes stale when either side has changed since, which the stored lengths detect."""
-        n = len(symbols)
+        size = len(symbols)
         piece = list(symbols)
-        prev = list(range(-1, n - 1))
-        next_ = list(range(1, n + 1))
-        if n:
+        prev = list(range(-1, size - 1))
+        next_ = list(range(1, size + 1))
+        if size:
             next_[-1] = -1
         heap: list[tuple[float, int, int, int, int]] = []
         mergeable, scores = self._mergeable, self.scores
@@ -382,13 +385,13 @@ class SentencePieceBPE(ChatTemplateMixin):  # + apply_chat_template (chat_templa
         def push(left: int, right: int) -> None:
             if left < 0 or right < 0 or frozen[left] or frozen[right]:
                 return
-            id = mergeable.get(piece[left] + piece[right])
-            if id is not None:
+            piece_id = mergeable.get(piece[left] + piece[right])
+            if piece_id is not None:
                 # max-heap by score, then min by left position (= leftmost, since positions keep text order)
-                heapq.heappush(heap, (-scores[id], left, right, len(piece[left]), len(piece[right])))
+                heapq.heappush(heap, (-scores[piece_id], left, right, len(piece[left]), len(piece[right])))
 
-        for i in range(n - 1):
-            push(i, i + 1)
+        for at in range(size - 1):
+            push(at, at + 1)
         unused_splits: dict[str, tuple[str, str]] = {}
         while heap:
             _, left, right, left_len, right_len = heapq.heappop(heap)
@@ -405,34 +408,34 @@ class SentencePieceBPE(ChatTemplateMixin):  # + apply_chat_template (chat_templa
                 prev[next_[right]] = left
             push(prev[left], left)
             push(left, next_[left])
-        return [p for p in piece if p], unused_splits
+        return [text for text in piece if text], unused_splits
 
     def _to_ids(self, pieces: list[str], unused_splits: dict) -> list[int]:
         ids: list[int] = []
         byte_ids = self._byte_ids
         previous_unknown = False
 
-        def emit(p: str) -> None:
+        def emit(piece: str) -> None:
             nonlocal previous_unknown
-            id = self._mergeable.get(p)
-            if id is None:
-                id = self._reserved.get(p, -1)
-            if id >= 0 and self.types[id] == UNUSED and p in unused_splits:
+            piece_id = self._mergeable.get(piece)
+            if piece_id is None:
+                piece_id = self._reserved.get(piece, -1)
+            if piece_id >= 0 and self.types[piece_id] == UNUSED and piece in unused_splits:
                 # an unused piece may be passed through while merging but is not emitted: split it back
-                left, right = unused_splits[p]
+                left, right = unused_splits[piece]
                 emit(left)
                 emit(right)
                 return
-            if id >= 0:
-                ids.append(id)
+            if piece_id >= 0:
+                ids.append(piece_id)
             elif byte_ids is not None:  # byte fallback: unknown text -> its UTF-8 bytes as <0xNN> pieces
-                ids.extend(byte_ids[b] for b in p.encode("utf-8"))
+                ids.extend(byte_ids[byte] for byte in piece.encode("utf-8"))
             elif not previous_unknown:
                 ids.append(self.unk_id)  # a run of unknown pieces becomes one <unk>, as in sentencepiece
-            previous_unknown = id < 0
+            previous_unknown = piece_id < 0
 
-        for p in pieces:
-            emit(p)
+        for piece in pieces:
+            emit(piece)
         return ids
 
     def _encode_by_words(self, normalized: str) -> list[int]:
@@ -482,7 +485,7 @@ class SentencePieceBPE(ChatTemplateMixin):  # + apply_chat_template (chat_templa
 
     def encode_pieces(self, text: str) -> list[str]:
         """The pieces of encode(text), e.g. "Hello world" -> ["▁Hello", "▁world"]."""
-        return [self.pieces[i][0] for i in self.encode(text)]
+        return [self.pieces[token_id][0] for token_id in self.encode(text)]
 
     # -- decoding ----------------------------------------------------------------------------------------------
     def _segments(self, ids: Iterable[int]) -> list[str | bytes]:
@@ -494,11 +497,11 @@ class SentencePieceBPE(ChatTemplateMixin):  # + apply_chat_template (chat_templa
         first = True
         keep_stripping = self.normalizer.remove_extra_whitespaces
         run = bytearray()
-        for id in ids:
-            self._check_id(id)
-            kind = self.types[id]
-            if kind == BYTE and id in self._byte_of:
-                run.append(self._byte_of[id])
+        for token_id in ids:
+            self._check_id(token_id)
+            kind = self.types[token_id]
+            if kind == BYTE and token_id in self._byte_of:
+                run.append(self._byte_of[token_id])
                 first = False
                 continue
             if run:
@@ -510,7 +513,7 @@ class SentencePieceBPE(ChatTemplateMixin):  # + apply_chat_template (chat_templa
                 out.append(self.trainer.unk_surface)
                 first = False
                 continue
-            piece = self.pieces[id][0]
+            piece = self.pieces[token_id][0]
             if first and strip_space and piece.startswith(SPACE):
                 piece = piece[1:]
             first = keep_stripping and not piece
@@ -519,28 +522,29 @@ class SentencePieceBPE(ChatTemplateMixin):  # + apply_chat_template (chat_templa
             out.append(bytes(run))
         return out
 
-    def token_bytes(self, id: int) -> bytes:
+    def token_bytes(self, token_id: int) -> bytes:
         """The bytes one token stands for, spaces shown as spaces ("▁Hello" -> b" Hello", <0xE2> -> b"\\xe2");
         control pieces are b"" and <unk> its surface " ⁇ "."""
-        self._check_id(id)
-        kind = self.types[id]
-        if kind == BYTE and id in self._byte_of:
-            return bytes([self._byte_of[id]])
+        self._check_id(token_id)
+        kind = self.types[token_id]
+        if kind == BYTE and token_id in self._byte_of:
+            return bytes([self._byte_of[token_id]])
         if kind == CONTROL:
             return b""
         if kind == UNKNOWN:
             return self.trainer.unk_surface.encode("utf-8")
-        return self.pieces[id][0].replace(SPACE, " ").encode("utf-8")
+        return self.pieces[token_id][0].replace(SPACE, " ").encode("utf-8")
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of `ids`: byte pieces are reassembled into UTF-8 (each invalid byte becomes U+FFFD, as in
         sentencepiece), "▁" becomes " ", the dummy-prefix space is dropped, control pieces vanish."""
-        return "".join(s if isinstance(s, str) else s.decode("utf-8", "scratch_spm_replace")
-                       for s in self._segments(ids))
+        return "".join(segment if isinstance(segment, str) else segment.decode("utf-8", "scratch_spm_replace")
+                       for segment in self._segments(ids))
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         """The raw bytes of `ids` (byte pieces not decoded, so partial UTF-8 survives)."""
-        return b"".join(s if isinstance(s, bytes) else s.encode("utf-8") for s in self._segments(ids))
+        return b"".join(segment if isinstance(segment, bytes) else segment.encode("utf-8")
+                        for segment in self._segments(ids))
 
     def __repr__(self) -> str:
         return f"SentencePieceBPE(n_vocab={self.n_vocab}, byte_fallback={self.trainer.byte_fallback})"

@@ -91,7 +91,8 @@ def test_fast_encode_equals_plain_encode(small, cl100k, text):
 def test_plain_encode_on_a_real_text_sample(cl100k):
     """Enough text for the batch path and for cache hits, plain == fast; and the plain path really runs plain."""
     text = ("The quick brown fox jumps over the lazy dog. It's 2024!\n" * 3 + "def f(x):\n    return x + 1\n"
-            + "한국어 문장은 띄어쓰기를 합니다. " + " ".join(f"w{i}x{i * 7919 % 1000}q" for i in range(200)))
+            + "한국어 문장은 띄어쓰기를 합니다. "
+            + " ".join(f"w{index}x{index * 7919 % 1000}q" for index in range(200)))
     plain = plain_twin(cl100k)
     assert plain.fast is None and cl100k.fast is not None
     assert plain.encode(text) == cl100k.encode(text) == BPETokenizer(
