@@ -271,6 +271,13 @@ MALFORMED = {
                             "metadata 'k' array length 288230376151711744 .* is impossible"),
     "absurd string array": (_file([_kv("k", 9, struct.pack("<IQ", 8, 10 ** 9))]),
                             "metadata 'k' array length 1000000000 .* at least 8 bytes"),
+    "string array element not utf-8": (_file([_kv("k", 9, struct.pack("<IQ", 8, 2) + _str("ok") + _str(b"\xff"))]),
+                                       "metadata 'k'\\[1\\] at offset 59 is not UTF-8"),
+    "string array element too long": (_file([_kv("k", 9, struct.pack("<IQ", 8, 2) + _str("ok") +
+                                                  struct.pack("<Q", 999) + b"x" * 9)]),
+                                      "metadata 'k'\\[1\\] length 999 at offset 59 runs past the end"),
+    "string array truncated": (_file([_kv("k", 9, struct.pack("<IQ", 8, 3) + _str("ok") + _str("x") + b"abcde")],
+                                     align=1), "truncated file: metadata 'k'\\[2\\] length needs 8 bytes at offset 68"),
     "unknown value type": (_file([_kv("k", 99, b"\0" * 8)]), "metadata 'k' has unknown value type 99"),
     "unknown array type": (_file([_kv("k", 9, struct.pack("<IQ", 42, 1))]), "unknown array element type 42"),
     "key not utf-8": (_file([_kv(b"\xff\xfe", 4, b"\0" * 4)]), "metadata key #0 at offset 24 is not UTF-8"),
