@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from scratch.formats.gguf import GGUFError, GGUFFile, read_gguf, write_gguf
+from scratch.formats.quants import TYPES
+from scratch.models import gpt2, llama
 from scratch.models.config import GPT2Config, LlamaConfig, RopeScaling
 from scratch.nn import permute_for_half_layout, rope_inv_freq
 
@@ -76,7 +78,7 @@ class _Metadata:
     def __init__(self, gguf: GGUFFile, arch: str):
         self.gguf, self.arch = gguf, arch
 
-    def int(self, key: str, default: int | None = None) -> int | None:
+    def positive_int(self, key: str, default: int | None = None) -> int | None:
         name = f"{self.arch}.{key}"
         if name not in self.gguf.metadata:
             return default
@@ -89,9 +91,9 @@ class _Metadata:
         name = f"{self.arch}.{key}"
         if name not in self.gguf.metadata:
             raise GGUFError(f"{self.gguf.path}: metadata {name} is missing (needed to build the model)")
-        return self.int(key)
+        return self.positive_int(key)
 
-    def float(self, key: str, default: float | None = None) -> float | None:
+    def positive_float(self, key: str, default: float | None = None) -> float | None:
         name = f"{self.arch}.{key}"
         value = self.gguf.metadata.get(name, default)
         if value is None:
@@ -121,7 +123,7 @@ def _architecture(gguf: GGUFFile) -> str:
 
 def _vocab_size(gguf: GGUFFile, meta: _Metadata) -> int:
     """`{arch}.vocab_size`, else the length of the token list, else the embedding's rows (what llama.cpp uses)."""
-    size = meta.int("vocab_size")
+    size = meta.positive_int("vocab_size")
     if size is None and isinstance(gguf.metadata.get("tokenizer.ggml.tokens"), list):
         size = len(gguf.metadata["tokenizer.ggml.tokens"])
     if size is None and "token_embd.weight" in gguf.tensors:
@@ -137,7 +139,7 @@ def _rope_scaling(gguf: GGUFFile, meta: _Metadata, head_dim: int, theta: float) 
     divisors, `rope_freqs.weight`. We recognise the tensor when it equals Llama 3's formula for the published
     parameters (low/high frequency factors 1 and 4, and the largest divisor as `factor`)."""
     kind = gguf.metadata.get(f"{meta.arch}.rope.scaling.type", "none")
-    factor = meta.float("rope.scaling.factor", 1.0)
+    factor = meta.positive_float("rope.scaling.factor", 1.0)
     if kind == "linear" and factor != 1.0:
         scaling = RopeScaling(rope_type="linear", factor=factor)
     elif kind in ("none", "linear"):
@@ -155,7 +157,7 @@ def _rope_scaling(gguf: GGUFFile, meta: _Metadata, head_dim: int, theta: float) 
     if scaling is not None:
         raise GGUFError(f"{gguf.path}: both {meta.arch}.rope.scaling.type linear and rope_freqs.weight are set")
     plain = rope_inv_freq(head_dim, theta, None, dtype=np.float64)
-    originals = [meta.int("rope.scaling.original_context_length"), 8192, meta.int("context_length")]
+    originals = [meta.positive_int("rope.scaling.original_context_length"), 8192, meta.positive_int("context_length")]
     for original in dict.fromkeys(o for o in originals if o):
         candidate = RopeScaling(rope_type="llama3", factor=_float32_value(divisors.max()), low_freq_factor=1.0,
                                 high_freq_factor=4.0, original_max_position_embeddings=original)
@@ -175,25 +177,25 @@ def config_from_gguf(gguf: GGUFFile) -> LlamaConfig | GPT2Config:
         if arch == "llama":
             hidden = meta.required_int("embedding_length")
             heads = meta.required_int("attention.head_count")
-            head_dim = meta.int("attention.key_length")  # None: C // H, resolved by the config
-            theta = meta.float("rope.freq_base", 10000.0)
+            head_dim = meta.positive_int("attention.key_length")  # None: C // H, resolved by the config
+            theta = meta.positive_float("rope.freq_base", 10000.0)
             config = LlamaConfig(
                 vocab_size=_vocab_size(gguf, meta), hidden_size=hidden,
                 intermediate_size=meta.required_int("feed_forward_length"),
                 num_hidden_layers=meta.required_int("block_count"), num_attention_heads=heads,
-                num_key_value_heads=meta.int("attention.head_count_kv", heads),
+                num_key_value_heads=meta.positive_int("attention.head_count_kv", heads),
                 head_dim=head_dim, max_position_embeddings=meta.required_int("context_length"),
-                rms_norm_eps=meta.float("attention.layer_norm_rms_epsilon", 1e-5), rope_theta=theta,
+                rms_norm_eps=meta.positive_float("attention.layer_norm_rms_epsilon", 1e-5), rope_theta=theta,
                 tie_word_embeddings="output.weight" not in gguf.tensors,
                 attention_bias="blk.0.attn_q.bias" in gguf.tensors,
                 mlp_bias="blk.0.ffn_up.bias" in gguf.tensors,
                 bos_token_id=meta.token_id("bos_token_id"), eos_token_id=meta.token_id("eos_token_id"))
             head_dim = config.head_dim
-            rotated = meta.int("rope.dimension_count")
+            rotated = meta.positive_int("rope.dimension_count")
             if rotated is not None and rotated != head_dim:
                 raise GGUFError(f"{gguf.path}: {arch}.rope.dimension_count {rotated} differs from the head dim "
                                 f"{head_dim}: partial rotary embeddings are not supported")
-            if meta.int("attention.value_length", head_dim) != head_dim:
+            if meta.positive_int("attention.value_length", head_dim) != head_dim:
                 raise GGUFError(f"{gguf.path}: {arch}.attention.value_length differs from the key length {head_dim}")
             scaling = _rope_scaling(gguf, meta, head_dim, theta)
             if scaling is not None:
@@ -202,8 +204,8 @@ def config_from_gguf(gguf: GGUFFile) -> LlamaConfig | GPT2Config:
             config = GPT2Config(
                 vocab_size=_vocab_size(gguf, meta), n_positions=meta.required_int("context_length"),
                 n_embd=meta.required_int("embedding_length"), n_layer=meta.required_int("block_count"),
-                n_head=meta.required_int("attention.head_count"), n_inner=meta.int("feed_forward_length"),
-                layer_norm_epsilon=meta.float("attention.layer_norm_epsilon", 1e-5),
+                n_head=meta.required_int("attention.head_count"), n_inner=meta.positive_int("feed_forward_length"),
+                layer_norm_epsilon=meta.positive_float("attention.layer_norm_epsilon", 1e-5),
                 bos_token_id=meta.token_id("bos_token_id"), eos_token_id=meta.token_id("eos_token_id"))
     except GGUFError:
         raise
@@ -316,6 +318,9 @@ class _GGUFWeights(Mapping):
             array = array.T  # (C_out, C_in) -> Conv1D's (C_in, C_out)
         return array
 
+    def __contains__(self, hf_name) -> bool:  # Mapping's default would decode the tensor to answer
+        return hf_name in self.sources
+
     def __iter__(self):
         return iter(self.sources)
 
@@ -342,8 +347,6 @@ def load_gguf_model(path, backend="numpy", dtype="float32"):
     """Our Llama or GPT-2 from a GGUF file (`general.architecture` "llama" or "gpt2"), weights dequantized to
     float32 on the host and moved to `backend` in `dtype`. Malformed files and metadata that disagree with the
     tensors raise GGUFError (a ValueError) naming the field or tensor."""
-    from scratch.models import gpt2, llama  # the model modules import heavier layers; only a load needs them
-
     gguf = read_gguf(path)
     config = config_from_gguf(gguf)
     module = llama if isinstance(config, LlamaConfig) else gpt2
@@ -388,13 +391,11 @@ def _hf_weights(model) -> dict[str, np.ndarray]:
                                 prefix + "mlp.down_proj.bias": _host(model, layer.down_b)})
         return weights
     if isinstance(config, GPT2Config):
-        from scratch.models.gpt2 import LAYER_NAMES
-
         weights = {"transformer.wte.weight": _host(model, model.wte), "transformer.wpe.weight": _host(model, model.wpe),
                    "transformer.ln_f.weight": _host(model, model.ln_f_w),
                    "transformer.ln_f.bias": _host(model, model.ln_f_b)}
         for i, layer in enumerate(model.layers):
-            for field, name in LAYER_NAMES.items():
+            for field, name in gpt2.LAYER_NAMES.items():
                 weights[f"transformer.h.{i}.{name}"] = _host(model, getattr(layer, field))
         return weights
     raise TypeError(f"save_gguf writes Llama and GPT-2 models, got {type(model).__name__}")
@@ -440,8 +441,6 @@ def _gguf_tensors(config, weights: dict[str, np.ndarray]) -> dict[str, np.ndarra
 def _storage_type(name: str, array: np.ndarray, matrix_type: str) -> str:
     """llama.cpp's rule: vectors (norms, biases, rope factors) and GPT-2's position table stay F32; matrices take the
     file's type, or F16 where a row is not a whole number of blocks (F32 in an f32 file)."""
-    from scratch.formats.quants import TYPES
-
     if array.ndim == 1 or name == "position_embd.weight" or matrix_type == "F32":
         return "F32"
     if array.shape[-1] % TYPES[matrix_type].block_size:
