@@ -6,7 +6,8 @@ RMSNorm, GELU exact and tanh, SiLU/SwiGLU, causal attention with GQA/MQA, RoPE i
 cross-entropy with ignore_index); each forward equals scratch.nn's and each backward is checked against finite
 differences and torch autograd. `optim`: AdamW and SGD with torch.optim's exact update rules, global-norm clipping, the
 warmup + cosine schedule, gradient accumulation and weight-decay groups. Derivations: docs/backprop.md.
-Not yet here: whole-model gradients, LoRA, the training loop and its command line (they build on these).
+`model_grads`: whole-model gradients of GPT-2 and Llama (blocks in gpt2.py / llama.py, shared plumbing in
+decoder.py), with gradient checkpointing.
 
 Public API
     layers:  x_forward(...) -> (out, cache) and x_backward(dout, cache) -> grads in the forward's argument order, for
@@ -17,6 +18,8 @@ Public API
              momentum, dampening, weight_decay, nesterov, decay_rule) with .step(grads), .lr, .state_dict(),
              .load_state_dict(); default_decay_rule, decay_groups; clip_grad_norm(grads, max_norm);
              warmup_cosine_lr(step, max_lr, total_steps, warmup_steps, min_lr); GradientAccumulator.
+    model_grads: named_parameters(model) -> {checkpoint name: array or view}; trainable_parameters(obj);
+             loss_and_grads(model, input_ids, targets, *, checkpointing=False, loss_scale=1.0) -> (float, grads).
 """
 from scratch.train.layers import (
     ACTIVATIONS,
@@ -50,6 +53,7 @@ from scratch.train.layers import (
     swiglu_backward,
     swiglu_forward,
 )
+from scratch.train.model_grads import loss_and_grads, named_parameters
 from scratch.train.optim import (
     EMBEDDING_NAMES,
     SGD,
@@ -71,6 +75,7 @@ __all__ = [
     "mlp_gelu_forward", "mlp_gelu_backward", "mlp_swiglu_forward", "mlp_swiglu_backward",
     "rope_forward", "rope_backward", "attention_forward", "attention_backward",
     "cross_entropy_forward", "cross_entropy_backward", "CrossEntropyCache", "index_add", "segment_sums",
+    "named_parameters", "loss_and_grads",
     "trainable_parameters", "EMBEDDING_NAMES", "default_decay_rule", "decay_groups",
     "Optimizer", "AdamW", "SGD", "clip_grad_norm", "warmup_cosine_lr", "GradientAccumulator",
 ]

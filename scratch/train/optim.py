@@ -16,28 +16,12 @@ from typing import Callable
 import numpy as np
 
 import backends
+from scratch.train.model_grads import trainable_parameters  # a dict, or a model's parameters by checkpoint name
 
 __all__ = [
     "trainable_parameters", "EMBEDDING_NAMES", "default_decay_rule", "decay_groups",
     "Optimizer", "AdamW", "SGD", "clip_grad_norm", "warmup_cosine_lr", "GradientAccumulator",
 ]
-
-
-def trainable_parameters(obj) -> dict:
-    """The {name: array} an optimizer updates: a dict is returned as it is; any other object must provide
-    `trainable_parameters()` returning such a dict (models do: checkpoint names for full fine-tuning, PEFT names of
-    the adapters once LoRA is attached)."""
-    if isinstance(obj, dict):
-        return obj
-    hook = getattr(obj, "trainable_parameters", None)
-    if not callable(hook):
-        raise TypeError(f"trainable_parameters: expected a dict {{name: array}} or an object with a "
-                        f"trainable_parameters() method, got {type(obj).__name__}")
-    params = hook()
-    if not isinstance(params, dict):
-        raise TypeError(f"{type(obj).__name__}.trainable_parameters() must return a dict {{name: array}}, "
-                        f"got {type(params).__name__}")
-    return params
 
 
 # --- weight-decay groups -----------------------------------------------------------------------------------------

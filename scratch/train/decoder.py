@@ -1,0 +1,120 @@
+"""What the GPT-2 and Llama gradients share: named gradients, the projection every matmul of a block goes through, and
+the split of a fused Q/K/V activation into heads (and its gradient back).
+
+A model stores some checkpoint tensors fused or transposed (GPT-2's c_attn is one (C, 3C) matrix; Llama's q/k/v and
+gate/up are fused and every matrix is kept (in, out)); a `Projection` names the checkpoint tensors that live inside
+one stored matrix, so parameters and their gradients are handed out as views with the checkpoint's names and shapes.
+Not here: the blocks themselves (gpt2.py, llama.py), the loop over them (model_grads.py), the layer pairs (layers.py).
+Shapes: B batch, T time, C channels, H heads, Hkv kv heads, D head dim, N = B*T rows.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import backends
+from scratch.train.layers import linear_backward, linear_forward
+
+__all__ = ["Gradients", "Projection", "project", "project_backward", "split_qkv", "merge_qkv_grads"]
+
+
+class Gradients:
+    """The gradients one backward pass produces, by checkpoint name. Only names in `wanted` (the trainable
+    parameters) are kept, and `wants(name)` lets a backward skip the work for the others (a frozen weight still
+    passes its input gradient through)."""
+
+    def __init__(self, wanted):
+        self.wanted = dict.fromkeys(wanted)                   # an ordered set: the parameters' order
+        self.arrays: dict = {}
+
+    def wants(self, name: str) -> bool:
+        return name in self.wanted
+
+    def put(self, name: str, array) -> None:
+        if name in self.wanted:
+            self.arrays[name] = array
+
+
+@dataclass(frozen=True)
+class Projection:
+    """One stored matrix of a model, y = x @ weight + bias, and the checkpoint tensors it holds.
+
+    weight (C_in, C_out) is the model's own array; bias (C_out,) or None. `parts` lists (checkpoint name, first
+    output column, end column): e.g. Llama's fused qkv holds "model.layers.0.self_attn.q_proj" in columns [0, H D).
+    torch_layout: the checkpoint stores each part (out, in), as torch's nn.Linear (Llama, the vocabulary matrix);
+    False for GPT-2's Conv1D, stored (in, out) as we do.
+    """
+
+    weight: Any
+    bias: Any
+    parts: tuple[tuple[str, int, int], ...]
+    torch_layout: bool
+
+    @property
+    def names(self) -> list[str]:
+        """The checkpoint names of the tensors inside: "<part>.weight" (and "<part>.bias")."""
+        suffixes = (".weight",) if self.bias is None else (".weight", ".bias")
+        return [part + suffix for part, _, _ in self.parts for suffix in suffixes]
+
+    def views(self, weight, bias) -> dict:
+        """{checkpoint name: view} of `weight` (C_in, C_out) and `bias` -- the model's arrays or their gradients,
+        which have the same layout. Views, not copies: writing into one writes into `weight`."""
+        xp = backends.namespace_of(weight)
+        out = {}
+        for part, start, end in self.parts:
+            columns = weight[:, start:end]                                    # (C_in, end - start)
+            out[part + ".weight"] = xp.permute_dims(columns, (1, 0)) if self.torch_layout else columns
+            if bias is not None:
+                out[part + ".bias"] = bias[start:end]
+        return out
+
+    def parameters(self) -> dict:
+        return self.views(self.weight, self.bias)
+
+
+# Every matmul of a block goes through these two functions, so an adapter has one place to hook in.
+# LoRA (Hu et al. 2021) extends them: `project` adds, for each part that has an adapter (A (r, C_in), B (out, r)),
+# scaling * (x @ A^T) @ B^T to y[..., start:end] and keeps x @ A^T in the cache; `project_backward` then puts dB and
+# dA under PEFT's names and adds the adapter's path to dx. The frozen base weight costs no dW: its names are not
+# trainable, so grads.wants(...) is False and linear_backward skips the product.
+
+def project(x, projection: Projection):
+    """y = x @ weight + bias. x (..., C_in) -> y (..., C_out), cache."""
+    y, linear_cache = linear_forward(x, projection.weight, projection.bias)
+    return y, (linear_cache, projection)
+
+
+def project_backward(dy, cache, grads: Gradients):
+    """-> dx; the weight and bias gradients go into `grads` under the projection's checkpoint names."""
+    linear_cache, projection = cache
+    trainable = any(grads.wants(name) for name in projection.names)
+    # y = x @ weight + bias
+    dx, dweight, dbias = linear_backward(dy, linear_cache, weight_grads=trainable)
+    if trainable:
+        for name, grad in projection.views(dweight, dbias).items():
+            grads.put(name, grad)
+    return dx
+
+
+def split_qkv(qkv, H: int, Hkv: int, D: int):
+    """A fused projection (B, T, (H + 2 Hkv) D), columns [q | k | v], -> q (B, H, T, D), k and v (B, Hkv, T, D).
+
+    Views (no copy). GPT-2 is the case Hkv = H: its (B, T, 3, H, D) split is the same memory read the same way.
+    """
+    xp = backends.namespace_of(qkv)
+    B, T, _ = qkv.shape
+    heads = xp.permute_dims(xp.reshape(qkv, (B, T, H + 2 * Hkv, D)), (0, 2, 1, 3))   # (B, H + 2 Hkv, T, D)
+    return heads[:, :H, ...], heads[:, H:H + Hkv, ...], heads[:, H + Hkv:, ...]
+
+
+def merge_qkv_grads(dq, dk, dv):
+    """The inverse of split_qkv for gradients: dq (B, H, T, D), dk, dv (B, Hkv, T, D) -> (B, T, (H + 2 Hkv) D),
+    written once into a fresh buffer."""
+    xp = backends.namespace_of(dq, dk, dv)
+    B, H, T, D = dq.shape
+    Hkv = dk.shape[1]
+    dqkv = xp.empty((B, T, H + 2 * Hkv, D), dtype=dq.dtype)
+    dqkv[:, :, :H, :] = xp.permute_dims(dq, (0, 2, 1, 3))
+    dqkv[:, :, H:H + Hkv, :] = xp.permute_dims(dk, (0, 2, 1, 3))
+    dqkv[:, :, H + Hkv:, :] = xp.permute_dims(dv, (0, 2, 1, 3))
+    return xp.reshape(dqkv, (B, T, (H + 2 * Hkv) * D))
