@@ -46,24 +46,13 @@ __all__ = [
     "namespace_of",
     "of",
     "rng",
+    "unavailable_reason",
 ]
 
 NAMES = ("numpy", "strict", "cupy")  # the concrete backends; "auto" picks one of them
 ENV_VAR = "SCRATCH_BACKEND"
 
 _loaded: dict[str, Backend] = {}
-
-
-def _load(name: str) -> Backend:
-    if name not in _loaded:
-        if name == "numpy":
-            from backends import numpy_backend as module
-        elif name == "strict":
-            from backends import strict_backend as module
-        else:
-            from backends import cupy_backend as module
-        _loaded[name] = module.load()
-    return _loaded[name]
 
 
 def get(name: str | Backend | None = None) -> Backend:
@@ -90,6 +79,42 @@ def get(name: str | Backend | None = None) -> Backend:
     return _load(key)
 
 
+def namespace_of(*arrays):
+    """The Array API namespace `xp` shared by `arrays`; MixedBackendError if they come from two backends.
+
+    This is how code that receives arrays (layers, samplers) finds its namespace without being told. Python
+    scalars and None (an absent optional argument) are ignored; with no array at all, the namespace is NumPy's.
+    """
+    return of(*arrays).xp
+
+
+def of(*arrays) -> Backend:
+    """The one backend that owns all of `arrays` (Python scalars and None are ignored); MixedBackendError if they
+    disagree, the numpy backend if there is no array at all."""
+    kinds = {}                                   # backend name -> position of its first array
+    for position, array in enumerate(arrays):
+        kind = array_kind(array)
+        if kind is not None:
+            kinds.setdefault(kind, position)
+    if len(kinds) > 1:
+        detail = ", ".join(f"argument {position} is {kind}" for kind, position in kinds.items())
+        raise MixedBackendError(f"mixed backends in one computation: {detail}; move arrays with backend.asarray()")
+    kind = next(iter(kinds), "numpy")
+    return _loaded.get(kind) or get(kind)        # every layer call asks: skip get()'s name parsing once loaded
+
+
+def _load(name: str) -> Backend:
+    if name not in _loaded:
+        if name == "numpy":
+            from backends import numpy_backend as module
+        elif name == "strict":
+            from backends import strict_backend as module
+        else:
+            from backends import cupy_backend as module
+        _loaded[name] = module.load()
+    return _loaded[name]
+
+
 def available() -> list[str]:
     """Names of the backends that can run on this machine, in preference order for tests."""
     names = []
@@ -109,31 +134,6 @@ def unavailable_reason(name: str) -> str | None:
     except BackendUnavailableError as error:
         return str(error)
     return None
-
-
-def of(*arrays) -> Backend:
-    """The one backend that owns all of `arrays` (Python scalars are ignored); MixedBackendError if they disagree.
-
-    This is how code that receives arrays (samplers, layers) finds its namespace without being told.
-    """
-    kinds = {}
-    for position, array in enumerate(arrays):
-        kind = array_kind(array)
-        if kind is not None:
-            kinds.setdefault(kind, position)
-    if len(kinds) == 1:  # the common case, first: one backend owns everything
-        return _loaded.get(next(iter(kinds))) or get(next(iter(kinds)))
-    if len(kinds) > 1:
-        detail = ", ".join(f"argument {position} is {kind}" for kind, position in kinds.items())
-        raise MixedBackendError(f"mixed backends in one computation: {detail}; move arrays with backend.asarray()")
-    if not kinds:
-        return get("numpy")
-    return get(next(iter(kinds)))
-
-
-def namespace_of(*arrays):
-    """The Array API namespace `xp` shared by `arrays`; MixedBackendError if they come from two backends."""
-    return of(*arrays).xp
 
 
 def rng(seed: int | None) -> np.random.Generator:

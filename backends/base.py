@@ -5,9 +5,10 @@ Why an Array API namespace: model code written as `xp.matmul(x, w)` against the 
 it in its main namespace, and CuPy 14 mirrors NumPy 2, so `xp = numpy` and `xp = cupy` share one code path.
 
 What the standard does not cover lives here: moving arrays between host and device (`asarray` / `to_numpy`),
-waiting for asynchronous work (`synchronize`), telling which backend owns an array (`namespace_of`), and
-randomness. Randomness is host-side on purpose: one seeded NumPy generator makes every draw and the backend only
-transfers it, so the same seed gives the same numbers on every backend (the GPU's own generators would not).
+waiting for asynchronous work (`synchronize`), checking that arrays live on this backend (`check_owned`; finding
+the namespace of some arrays is the package's `backends.namespace_of`), and randomness. Randomness is host-side on
+purpose: one seeded NumPy generator makes every draw and the backend only transfers it, so the same seed gives the
+same numbers on every backend (the GPU's own generators would not).
 This is not a tensor library: no autograd, no devices beyond "the one the backend uses".
 """
 from __future__ import annotations
@@ -39,14 +40,15 @@ _KIND_OF_TYPE: dict[type, str | None] = {}  # every forward pass asks this many 
 
 
 def array_kind(array) -> str | None:
-    """Which backend an array belongs to ("numpy", "strict", "cupy"), or None for Python scalars.
+    """Which backend an array belongs to ("numpy", "strict", "cupy"), or None for Python scalars and None (an absent
+    optional argument, such as a linear layer's missing bias).
 
     Decided by the array's type, without importing optional libraries that were never loaded.
     """
     kind_of_type = type(array)
     if kind_of_type in _KIND_OF_TYPE:
         return _KIND_OF_TYPE[kind_of_type]
-    if isinstance(array, (bool, int, float, complex)):
+    if array is None or isinstance(array, (bool, int, float, complex)):
         kind = None
     elif isinstance(array, (np.ndarray, np.generic)):
         kind = "numpy"
@@ -99,40 +101,31 @@ class Backend:
 
     def to_numpy(self, array) -> np.ndarray:
         """Copy an array of this backend back to a host NumPy array."""
-        self._check_owned(array)
+        self.check_owned(array)
         return np.asarray(array)
 
     def synchronize(self) -> None:
         """Wait until all queued work has finished (a no-op on the host; needed before timing GPU work)."""
 
     # --- ownership --------------------------------------------------------------------------------------------
-    def owns(self, array) -> bool:
-        return array_kind(array) == self.name
-
-    def _check_owned(self, array) -> None:
-        kind = array_kind(array)
-        if kind != self.name:
-            raise MixedBackendError(f"{self.name} backend was given a {kind} array ({type(array).__name__})")
-
-    def namespace_of(self, *arrays):
-        """The namespace `xp` for arrays that must all live on this backend; a clear error if any does not."""
+    def check_owned(self, *arrays) -> None:
+        """MixedBackendError, naming the argument, unless every one of `arrays` is an array of this backend."""
         for position, array in enumerate(arrays):
             kind = array_kind(array)
-            if kind is not None and kind != self.name:
+            if kind != self.name:
+                what = f"a {kind} array" if kind is not None else f"a {type(array).__name__}"
                 raise MixedBackendError(
-                    f"mixed backends: argument {position} is a {kind} array but the computation runs on "
-                    f"{self.name}; move it with backends.get({self.name!r}).asarray(...) first"
+                    f"argument {position} is {what}, but this computation runs on the {self.name} backend; "
+                    f"move host data with backends.get({self.name!r}).asarray(...) first"
                 )
+
+    # TODO(lead): drop once models call check_owned; the one namespace_of is backends.namespace_of.
+    def namespace_of(self, *arrays):
+        """`xp`, after check_owned(*arrays)."""
+        self.check_owned(*arrays)
         return self.xp
 
     # --- randomness (host-side, then transferred) ------------------------------------------------------------
-    def random_normal(self, rng: np.random.Generator, shape, std: float = 1.0, dtype="float32"):
-        """Normal draws N(0, std^2) made by the host generator `rng`, then moved here: the same on every backend."""
-        host = rng.standard_normal(shape, dtype=np.float32)
-        if std != 1.0:
-            host *= np.float32(std)
-        return self.asarray(host, dtype=dtype)
-
     def random_uniform(self, rng: np.random.Generator, shape, dtype="float32"):
         """Uniform draws in [0, 1) made by the host generator `rng` (float64 on the host, cast on transfer)."""
         return self.asarray(rng.random(shape), dtype=dtype)

@@ -18,7 +18,7 @@ class CupyBackend(Backend):
     name = "cupy"
 
     def to_numpy(self, array) -> np.ndarray:
-        self._check_owned(array)
+        self.check_owned(array)
         return self.xp.asnumpy(array)
 
     def synchronize(self) -> None:

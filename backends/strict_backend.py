@@ -23,7 +23,7 @@ class StrictBackend(Backend):
         return super().dtype(dtype)
 
     def to_numpy(self, array) -> np.ndarray:
-        self._check_owned(array)
+        self.check_owned(array)
         # subtle: the strict Array refuses the NumPy array protocol; DLPack is the portable exchange.
         return np.from_dlpack(array)
 

@@ -31,7 +31,7 @@ def test_round_trip_preserves_values_and_dtype(backend, dtype):
         return  # the standard has no float16: the clear error above is the whole behaviour
     host = (np.arange(12).reshape(3, 4) % 7).astype(dtype)
     arr = backend.asarray(host)
-    assert backend.owns(arr)
+    assert backends.of(arr) is backend
     assert arr.dtype == backend.dtype(dtype)
     back = backend.to_numpy(arr)
     assert isinstance(back, np.ndarray)
@@ -77,22 +77,18 @@ def test_same_seed_gives_the_same_random_draws_on_every_backend():
     draws = {}
     for name in backends.available():
         be = backends.get(name)
-        rng = backends.rng(1234)
-        normal = be.to_numpy(be.random_normal(rng, (3, 5), std=0.02))
-        uniform = be.to_numpy(be.random_uniform(rng, (7,)))
-        assert normal.dtype == np.float32 and uniform.dtype == np.float32
-        draws[name] = (normal, uniform)
+        uniform = be.to_numpy(be.random_uniform(backends.rng(1234), (7,)))
+        assert uniform.dtype == np.float32 and np.all((0.0 <= uniform) & (uniform < 1.0))
+        draws[name] = uniform
     reference = draws.pop("numpy")
-    assert abs(reference[0].std() - 0.02) < 0.02  # the std parameter is honoured (loosely; 15 draws)
-    for name, (normal, uniform) in draws.items():
-        np.testing.assert_array_equal(normal, reference[0], err_msg=name)
-        np.testing.assert_array_equal(uniform, reference[1], err_msg=name)
+    for name, uniform in draws.items():
+        np.testing.assert_array_equal(uniform, reference, err_msg=name)
 
 
 def test_different_seeds_give_different_draws():
     be = backends.get("numpy")
-    a = be.random_normal(backends.rng(1), (4,))
-    b = be.random_normal(backends.rng(2), (4,))
+    a = be.random_uniform(backends.rng(1), (4,))
+    b = be.random_uniform(backends.rng(2), (4,))
     assert not np.array_equal(a, b)
 
 
@@ -171,10 +167,13 @@ def test_mixing_backends_is_a_clear_error():
     b = strict_be.asarray([1.0, 2.0])
     with pytest.raises(backends.MixedBackendError, match="argument 0 is numpy, argument 1 is strict"):
         backends.namespace_of(a, b)
-    with pytest.raises(backends.MixedBackendError, match="argument 1 is a numpy array but the computation runs on strict"):
-        strict_be.namespace_of(b, a)
-    with pytest.raises(backends.MixedBackendError, match="strict backend was given a numpy array"):
+    with pytest.raises(backends.MixedBackendError, match="argument 1 is a numpy array, but this computation runs on "
+                                                         "the strict backend"):
+        strict_be.check_owned(b, a)
+    with pytest.raises(backends.MixedBackendError, match="argument 0 is a numpy array, but .* strict backend"):
         strict_be.to_numpy(a)
+    with pytest.raises(backends.MixedBackendError, match="argument 0 is a float, but .* strict backend"):
+        strict_be.to_numpy(1.0)
     with pytest.raises(backends.MixedBackendError, match="takes host"):
         numpy_be.asarray(b)
     # and array-api-strict itself refuses a NumPy array inside an operation: no silent host/device mixing
@@ -185,9 +184,11 @@ def test_mixing_backends_is_a_clear_error():
 def test_namespace_of_finds_the_namespace_from_inputs(backend):
     x = backend.asarray([1.0])
     assert backends.namespace_of(x, 2.0) is backend.xp
+    assert backends.namespace_of(None, x, None) is backend.xp     # None: an absent optional argument (a bias)
     assert backends.of(x) is backend
-    assert backend.namespace_of(x, 1) is backend.xp
+    backend.check_owned(x, x)                                     # raises only for a foreign argument
     assert backends.namespace_of(1.0).__name__ == "numpy"  # scalars alone: the host reference
+    assert backends.namespace_of().__name__ == "numpy"
 
 
 def test_synchronize_is_safe_to_call(backend):

@@ -222,7 +222,8 @@ def test_load_on_every_backend_and_dtype(llama_folder, backend):
     reference_logits = np.asarray(scratch.models.load(path)(IDS))
     model = scratch.models.load(path, backend=backend)
     logits = model(IDS)
-    assert backend.owns(logits) and logits.dtype == backend.xp.float32
+    backend.check_owned(logits)
+    assert logits.dtype == backend.xp.float32
     np.testing.assert_allclose(backend.to_numpy(logits), reference_logits, atol=1e-5, rtol=0)
     if backend.name != "strict":  # array-api-strict has no float16
         half = scratch.models.load(path, backend=backend, dtype="float16")
