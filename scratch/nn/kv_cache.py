@@ -11,27 +11,16 @@ from __future__ import annotations
 
 import numbers
 
+import backends
+
 __all__ = ["KVCache", "kv_bytes_per_token"]
-
-
-def kv_bytes_per_token(n_layers: int, n_kv_heads: int, head_dim: int, bytes_per_element: int) -> int:
-    """Cache memory for one token of one sequence: K and V (2) for every layer, kv head and head channel."""
-    return 2 * n_layers * n_kv_heads * head_dim * bytes_per_element
-
-
-def _itemsize(xp, dtype) -> int:
-    """Bytes per element from the standard's finfo/iinfo (the standard has no `itemsize`)."""
-    try:
-        return xp.finfo(dtype).bits // 8
-    except (TypeError, ValueError):
-        return xp.iinfo(dtype).bits // 8
 
 
 class KVCache:
     """Per-layer K and V buffers, each (B, Hkv, S_max, D), and the number of positions filled, `length`.
 
-    KVCache(xp, n_layers, batch_size, n_kv_heads, max_length, head_dim, dtype): `xp` is a namespace or a Backend;
-    `dtype` a dtype of that namespace or a name ("float32"). Buffers are allocated once with xp.zeros.
+    KVCache(xp, n_layers, batch_size, n_kv_heads, max_length, head_dim, dtype): `xp` is the namespace to allocate
+    in; `dtype` a dtype of that namespace or a name ("float32"). Buffers are allocated once with xp.zeros.
 
     The protocol of one forward step over T new tokens (the rule that keeps `length` advancing exactly once):
       1. every layer i calls `k, v = cache.update(i, k_new, v_new)` with its (B, Hkv, T, D) keys and values; it
@@ -43,7 +32,8 @@ class KVCache:
 
     def __init__(self, xp, n_layers: int, batch_size: int, n_kv_heads: int, max_length: int, head_dim: int,
                  dtype="float32"):
-        xp = getattr(xp, "xp", xp)
+        if isinstance(xp, backends.Backend):    # TODO(lead): drop Backend once models pass xp
+            xp = xp.xp
         for name, value in (("n_layers", n_layers), ("batch_size", batch_size), ("n_kv_heads", n_kv_heads),
                             ("max_length", max_length), ("head_dim", head_dim)):
             if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0:
@@ -62,6 +52,33 @@ class KVCache:
         self._length = 0
         self._step = None            # T of the step in progress (between the first update and advance), or None
         self._written = set()        # layers that wrote in the step in progress
+
+    # --- one step ------------------------------------------------------------------------------------------------
+    def update(self, layer: int, k_new, v_new):
+        """Write (B, Hkv, T, D) keys/values at [length, length + T) of `layer`; return views over [0, length + T)."""
+        T = self._check_write(layer, k_new, v_new)
+        start, end = self._length, self._length + T
+        self._k[layer][:, :, start:end, :] = k_new
+        self._v[layer][:, :, start:end, :] = v_new
+        self._step = T
+        self._written.add(layer)
+        return self._k[layer][:, :, :end, :], self._v[layer][:, :, :end, :]   # (B, Hkv, length + T, D) views
+
+    def advance(self, T: int) -> None:
+        """End the step: every layer must have written exactly T positions; `length` grows by T."""
+        if self._step is None:
+            raise ValueError(f"KVCache.advance({T}): no layer wrote since the last advance")
+        if T != self._step:
+            raise ValueError(f"KVCache.advance({T}): the layers wrote T={self._step} positions this step")
+        if len(self._written) != self.n_layers:
+            missing = sorted(set(range(self.n_layers)) - self._written)
+            raise ValueError(f"KVCache.advance({T}): layers {missing} did not write this step")
+        self._length += T
+        self._step, self._written = None, set()
+
+    def get(self, layer: int):
+        """Views of `layer`'s filled keys and values, each (B, Hkv, length, D)."""
+        return self._k[layer][:, :, :self._length, :], self._v[layer][:, :, :self._length, :]
 
     # --- state ---------------------------------------------------------------------------------------------------
     @property
@@ -91,53 +108,6 @@ class KVCache:
         return (f"KVCache(layers={self.n_layers}, B={self.batch_size}, Hkv={self.n_kv_heads}, "
                 f"length={self._length}/{self.max_length}, D={self.head_dim}, "
                 f"dtype={getattr(self.dtype, '__name__', self.dtype)})")
-
-    # --- one step ------------------------------------------------------------------------------------------------
-    def update(self, layer: int, k_new, v_new):
-        """Write (B, Hkv, T, D) keys/values at [length, length + T) of `layer`; return views over [0, length + T)."""
-        if not 0 <= layer < self.n_layers:
-            raise ValueError(f"KVCache.update: layer {layer} out of range 0..{self.n_layers - 1}")
-        expected = (self.batch_size, self.n_kv_heads)
-        if k_new.ndim != 4 or tuple(k_new.shape[:2]) != expected or k_new.shape[3] != self.head_dim:
-            raise ValueError(f"KVCache.update: k_new shape {tuple(k_new.shape)} is not (B, Hkv, T, D) = "
-                             f"({expected[0]}, {expected[1]}, T, {self.head_dim})")
-        if tuple(v_new.shape) != tuple(k_new.shape):
-            raise ValueError(f"KVCache.update: v_new shape {tuple(v_new.shape)} != k_new shape {tuple(k_new.shape)}")
-        if k_new.dtype != self.dtype or v_new.dtype != self.dtype:
-            raise TypeError(f"KVCache.update: k/v dtypes {k_new.dtype}/{v_new.dtype} differ from the cache's "
-                            f"{self.dtype}")
-        T = k_new.shape[2]
-        if self._length + T > self.max_length:
-            raise ValueError(f"KVCache.update: writing T={T} positions at length={self._length} exceeds "
-                             f"max_length={self.max_length}")
-        if self._step is not None and T != self._step:
-            raise ValueError(f"KVCache.update: layer {layer} writes T={T} but this step writes T={self._step}; "
-                             f"call advance() between steps")
-        if layer in self._written:
-            raise ValueError(f"KVCache.update: layer {layer} already wrote this step; call advance({self._step}) "
-                             f"after the last layer")
-        self._step = T
-        self._written.add(layer)
-        start, end = self._length, self._length + T
-        self._k[layer][:, :, start:end, :] = k_new
-        self._v[layer][:, :, start:end, :] = v_new
-        return self._k[layer][:, :, :end, :], self._v[layer][:, :, :end, :]   # (B, Hkv, length + T, D) views
-
-    def advance(self, T: int) -> None:
-        """End the step: every layer must have written exactly T positions; `length` grows by T."""
-        if self._step is None:
-            raise ValueError(f"KVCache.advance({T}): no layer wrote since the last advance")
-        if T != self._step:
-            raise ValueError(f"KVCache.advance({T}): the layers wrote T={self._step} positions this step")
-        if len(self._written) != self.n_layers:
-            missing = sorted(set(range(self.n_layers)) - self._written)
-            raise ValueError(f"KVCache.advance({T}): layers {missing} did not write this step")
-        self._length += T
-        self._step, self._written = None, set()
-
-    def get(self, layer: int):
-        """Views of `layer`'s filled keys and values, each (B, Hkv, length, D)."""
-        return self._k[layer][:, :, :self._length, :], self._v[layer][:, :, :self._length, :]
 
     # --- between steps -------------------------------------------------------------------------------------------
     def _between_steps(self, what: str) -> None:
@@ -173,3 +143,42 @@ class KVCache:
         """Empty the cache for a new sequence (buffers are kept, not zeroed: nothing past `length` is ever read)."""
         self._length = 0
         self._step, self._written = None, set()
+
+    # --- checks -------------------------------------------------------------------------------------------------
+    def _check_write(self, layer: int, k_new, v_new) -> int:
+        """T of a write by `layer`, after checking its shapes, dtype, the room left and the one-write-per-step rule."""
+        if not 0 <= layer < self.n_layers:
+            raise ValueError(f"KVCache.update: layer {layer} out of range 0..{self.n_layers - 1}")
+        expected = (self.batch_size, self.n_kv_heads)
+        if k_new.ndim != 4 or tuple(k_new.shape[:2]) != expected or k_new.shape[3] != self.head_dim:
+            raise ValueError(f"KVCache.update: k_new shape {tuple(k_new.shape)} is not (B, Hkv, T, D) = "
+                             f"({expected[0]}, {expected[1]}, T, {self.head_dim})")
+        if tuple(v_new.shape) != tuple(k_new.shape):
+            raise ValueError(f"KVCache.update: v_new shape {tuple(v_new.shape)} != k_new shape {tuple(k_new.shape)}")
+        if k_new.dtype != self.dtype or v_new.dtype != self.dtype:
+            raise TypeError(f"KVCache.update: k/v dtypes {k_new.dtype}/{v_new.dtype} differ from the cache's "
+                            f"{self.dtype}")
+        T = k_new.shape[2]
+        if self._length + T > self.max_length:
+            raise ValueError(f"KVCache.update: writing T={T} positions at length={self._length} exceeds "
+                             f"max_length={self.max_length}")
+        if self._step is not None and T != self._step:
+            raise ValueError(f"KVCache.update: layer {layer} writes T={T} but this step writes T={self._step}; "
+                             f"call advance() between steps")
+        if layer in self._written:
+            raise ValueError(f"KVCache.update: layer {layer} already wrote this step; call advance({self._step}) "
+                             f"after the last layer")
+        return T
+
+
+def kv_bytes_per_token(n_layers: int, n_kv_heads: int, head_dim: int, bytes_per_element: int) -> int:
+    """Cache memory for one token of one sequence: K and V (2) for every layer, kv head and head channel."""
+    return 2 * n_layers * n_kv_heads * head_dim * bytes_per_element
+
+
+def _itemsize(xp, dtype) -> int:
+    """Bytes per element from the standard's finfo/iinfo (the standard has no `itemsize`)."""
+    try:
+        return xp.finfo(dtype).bits // 8
+    except (TypeError, ValueError):
+        return xp.iinfo(dtype).bits // 8

@@ -20,59 +20,6 @@ __all__ = ["ROPE_TYPES", "rope_inv_freq", "rope_cos_sin", "apply_rope", "permute
 ROPE_TYPES = ("default", "linear", "llama3")
 
 
-def _scaling_get(scaling, key, default=None):
-    """Read a field of a scaling spec given as a dict (HF's rope_scaling / rope_parameters) or an object."""
-    if isinstance(scaling, dict):
-        value = scaling.get(key, default)
-    else:
-        value = getattr(scaling, key, default)
-    return default if value is None else value
-
-
-def _rope_type(scaling) -> str:
-    if scaling is None:
-        return "default"
-    kind = _scaling_get(scaling, "rope_type") or _scaling_get(scaling, "type") or "default"  # old HF key: "type"
-    if kind not in ROPE_TYPES:
-        raise ValueError(f"unknown rope_type {kind!r}; known rope types: {', '.join(ROPE_TYPES)}")
-    return kind
-
-
-def _inv_freq_host(head_dim: int, theta: float, scaling) -> np.ndarray:
-    """The frequency table in float64 on the host (a table computed once per model, so host NumPy is right here)."""
-    if head_dim <= 0 or head_dim % 2 != 0:
-        raise ValueError(f"rope: head_dim must be a positive even number, got {head_dim}")
-    if not theta > 0:
-        raise ValueError(f"rope: theta must be positive, got {theta}")
-    kind = _rope_type(scaling)
-    # theta_i = theta^(-2i/D), i = 0 .. D/2-1: wavelengths from 2*pi up to about 2*pi*theta.
-    inv_freq = 1.0 / (float(theta) ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
-    if kind == "default":
-        return inv_freq
-    factor = float(_scaling_get(scaling, "factor", 0.0))
-    if not factor > 0:
-        raise ValueError(f"rope_type {kind!r} needs a positive 'factor', got {factor}")
-    if kind == "linear":
-        return inv_freq / factor            # position interpolation: position p is treated as p / factor
-    # llama3: keep high frequencies, divide low frequencies by factor, interpolate smoothly between them.
-    low = float(_scaling_get(scaling, "low_freq_factor", 1.0))
-    high = float(_scaling_get(scaling, "high_freq_factor", 4.0))
-    original = _scaling_get(scaling, "original_max_position_embeddings")
-    if original is None:
-        raise ValueError("rope_type 'llama3' needs 'original_max_position_embeddings'")
-    if not high > low:
-        raise ValueError(f"rope_type 'llama3' needs high_freq_factor > low_freq_factor, got {high} and {low}")
-    original = float(original)
-    low_freq_wavelen = original / low       # wavelengths longer than this are slowed down by `factor`
-    high_freq_wavelen = original / high     # wavelengths shorter than this are kept
-    wavelen = 2.0 * math.pi / inv_freq
-    smooth = (original / wavelen - low) / (high - low)   # 0 at low_freq_wavelen .. 1 at high_freq_wavelen
-    blended = (1.0 - smooth) * inv_freq / factor + smooth * inv_freq
-    out = np.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
-    middle = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
-    return np.where(middle, blended, out)
-
-
 def rope_inv_freq(head_dim: int, theta: float = 10000.0, scaling=None, *, xp=None, dtype=None):
     """The D/2 rotation frequencies theta^(-2i/D), optionally rescaled. -> (D/2,) float32.
 
@@ -80,16 +27,24 @@ def rope_inv_freq(head_dim: int, theta: float = 10000.0, scaling=None, *, xp=Non
     "llama3": `factor`, `low_freq_factor`, `high_freq_factor`, `original_max_position_embeddings`. An unknown
     rope_type raises ValueError. The table is computed in float64 on the host and rounded once, so each entry is the
     correctly rounded value (transformers computes it in float32; the two differ by at most 1 ulp).
-    Returns a host NumPy array when `xp` is None, else an array of `xp` (a namespace or a Backend); `dtype`
+    Returns a host NumPy array when `xp` is None, else an array of the namespace `xp`; `dtype` (a dtype or its name)
     defaults to float32 (pass float64 for reference computations).
     """
-    table = _inv_freq_host(head_dim, theta, scaling)
+    if head_dim <= 0 or head_dim % 2 != 0:
+        raise ValueError(f"rope: head_dim must be a positive even number, got {head_dim}")
+    if not theta > 0:
+        raise ValueError(f"rope: theta must be positive, got {theta}")
+    # theta_i = theta^(-2i/D), i = 0 .. D/2-1: wavelengths from 2*pi up to about 2*pi*theta. A table computed once
+    # per model, so host NumPy in float64 is right here.
+    inv_freq = 1.0 / (float(theta) ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+    inv_freq = _rescaled(inv_freq, scaling)       # context extension ("linear", "llama3"); "default" keeps it
     if xp is None:
-        return table.astype(np.float32 if dtype is None else dtype)
-    xp = getattr(xp, "xp", xp)
+        return inv_freq.astype(np.float32 if dtype is None else dtype)
+    if isinstance(xp, backends.Backend):          # TODO(lead): drop Backend once models pass xp
+        xp = xp.xp
     if dtype is None or isinstance(dtype, str):
         dtype = getattr(xp, dtype or "float32")
-    return xp.asarray(table, dtype=dtype)
+    return xp.asarray(inv_freq, dtype=dtype)
 
 
 def rope_cos_sin(inv_freq, positions, dtype=None):
@@ -107,8 +62,8 @@ def rope_cos_sin(inv_freq, positions, dtype=None):
         positions = xp.reshape(positions, (1, positions.shape[0]))
     if positions.ndim != 2:
         raise ValueError(f"rope_cos_sin: positions must be (B, T) or (T,), got shape {tuple(positions.shape)}")
-    pos = xp.astype(positions, inv_freq.dtype)
-    angles = xp.expand_dims(pos, axis=-1) * inv_freq              # (B, T, 1) * (D/2,) -> (B, T, D/2)
+    positions = xp.astype(positions, inv_freq.dtype)
+    angles = xp.expand_dims(positions, axis=-1) * inv_freq              # (B, T, 1) * (D/2,) -> (B, T, D/2)
     angles = xp.concat([angles, angles], axis=-1)                 # (B, T, D)
     angles = xp.expand_dims(angles, axis=1)                       # (B, 1, T, D): broadcasts over heads
     cos, sin = xp.cos(angles), xp.sin(angles)
@@ -135,10 +90,10 @@ def apply_rope(x, cos, sin, layout: str = "half"):
         rotated = xp.concat([-x[..., half:], x[..., :half]], axis=-1)    # rotate_half(x), (B, H, T, D)
         return x * cos + rotated * sin
     if layout == "interleaved":
-        c, s = cos[..., :half], sin[..., :half]                          # (B, 1, T, D/2): one angle per pair
+        pair_cos, pair_sin = cos[..., :half], sin[..., :half]            # (B, 1, T, D/2): one angle per pair
         even, odd = x[..., 0::2], x[..., 1::2]                           # (B, H, T, D/2) each
-        out_even = even * c - odd * s
-        out_odd = even * s + odd * c
+        out_even = even * pair_cos - odd * pair_sin
+        out_odd = even * pair_sin + odd * pair_cos
         pairs = xp.stack([out_even, out_odd], axis=-1)                   # (B, H, T, D/2, 2)
         return xp.reshape(pairs, tuple(x.shape))
     raise ValueError(f"apply_rope: layout must be 'half' or 'interleaved', got {layout!r}")
@@ -163,3 +118,53 @@ def permute_for_half_layout(w, n_heads: int):
     split = xp.reshape(w, lead + (n_heads, D // 2, 2))                  # (..., H, D/2, pair member)
     order = tuple(range(len(lead))) + (len(lead), len(lead) + 2, len(lead) + 1)
     return xp.reshape(xp.permute_dims(split, order), lead + (out,))     # (..., H, 2, D/2) -> (..., H*D)
+
+
+# --- frequency scaling (context extension) ---------------------------------------------------------------------
+
+def _rescaled(inv_freq: np.ndarray, scaling) -> np.ndarray:
+    """The host float64 frequency table after the context-extension rule `scaling` names (unchanged for None or
+    "default"): transformers' `_compute_linear_scaling_rope_parameters` / `_compute_llama3_parameters`."""
+    kind = _rope_type(scaling)
+    if kind == "default":
+        return inv_freq
+    factor = float(_scaling_get(scaling, "factor", 0.0))
+    if not factor > 0:
+        raise ValueError(f"rope_type {kind!r} needs a positive 'factor', got {factor}")
+    if kind == "linear":
+        return inv_freq / factor            # position interpolation: position p is treated as p / factor
+    # llama3: keep high frequencies, divide low frequencies by factor, interpolate smoothly between them.
+    low = float(_scaling_get(scaling, "low_freq_factor", 1.0))
+    high = float(_scaling_get(scaling, "high_freq_factor", 4.0))
+    original = _scaling_get(scaling, "original_max_position_embeddings")
+    if original is None:
+        raise ValueError("rope_type 'llama3' needs 'original_max_position_embeddings'")
+    if not high > low:
+        raise ValueError(f"rope_type 'llama3' needs high_freq_factor > low_freq_factor, got {high} and {low}")
+    original = float(original)
+    low_freq_wavelen = original / low       # wavelengths longer than this are slowed down by `factor`
+    high_freq_wavelen = original / high     # wavelengths shorter than this are kept
+    wavelen = 2.0 * math.pi / inv_freq
+    smooth = (original / wavelen - low) / (high - low)   # 0 at low_freq_wavelen .. 1 at high_freq_wavelen
+    blended = (1.0 - smooth) * inv_freq / factor + smooth * inv_freq
+    out = np.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    middle = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+    return np.where(middle, blended, out)
+
+
+def _scaling_get(scaling, key, default=None):
+    """Read a field of a scaling spec given as a dict (HF's rope_scaling / rope_parameters) or an object."""
+    if isinstance(scaling, dict):
+        value = scaling.get(key, default)
+    else:
+        value = getattr(scaling, key, default)
+    return default if value is None else value
+
+
+def _rope_type(scaling) -> str:
+    if scaling is None:
+        return "default"
+    kind = _scaling_get(scaling, "rope_type") or _scaling_get(scaling, "type") or "default"  # old HF key: "type"
+    if kind not in ROPE_TYPES:
+        raise ValueError(f"unknown rope_type {kind!r}; known rope types: {', '.join(ROPE_TYPES)}")
+    return kind

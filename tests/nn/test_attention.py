@@ -1,4 +1,5 @@
-"""scratch.nn.attention: batched attention against torch's SDPA and the loop oracle, GQA head order, masks."""
+"""scratch.nn.dot_product_attention: batched attention against torch's SDPA and the loop oracle, GQA head order,
+masked rows, head split/merge."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,16 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import backends
-from scratch.nn.attention import (
-    attention,
-    attention_reference,
-    causal_mask,
-    causal_padding_mask,
-    merge_heads,
-    padding_mask,
-    position_ids_from_attention_mask,
-    split_heads,
-)
+from scratch.nn.dot_product_attention import attention, attention_reference, merge_heads, split_heads
+from scratch.nn.masks import causal_mask, causal_padding_mask
 
 
 def host(rng, *shape):
@@ -116,45 +109,14 @@ def test_reference_runs_on_every_backend(backend):
     np.testing.assert_allclose(backend.to_numpy(ref), backend.to_numpy(attention(*args, mask=mask)), atol=1e-6)
 
 
-def test_causal_mask_with_cache_offset(backend):
-    xp = backend.xp
-    m = backend.to_numpy(causal_mask(2, 5, xp))
-    # queries at absolute positions 3 and 4 against keys 0..4
-    assert m.tolist() == [[True, True, True, True, False], [True, True, True, True, True]]
-    assert np.array_equal(backend.to_numpy(causal_mask(4, 4, backend)), np.tril(np.ones((4, 4), bool)))
-    assert backend.to_numpy(causal_mask(1, 6, xp)).all()        # one decoding step sees every key
-    assert causal_mask(3, 7, xp).dtype == xp.bool
-    with pytest.raises(ValueError, match="T=5, S=4"):
-        causal_mask(5, 4, xp)
-
-
-def test_left_padding_masks_and_positions(backend):
-    am_host = np.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]], dtype=np.int64)
-    am = backend.asarray(am_host)
-    pad = padding_mask(am)
-    assert tuple(pad.shape) == (2, 1, 1, 5) and pad.dtype == backend.xp.bool
-    both = backend.to_numpy(causal_padding_mask(am, 5))
-    assert both.shape == (2, 1, 5, 5)
-    expected = np.tril(np.ones((5, 5), bool)) & am_host.astype(bool)[:, None, None, :]
-    assert np.array_equal(both, expected)
-    assert not both[0, 0, 0].any()                                 # a padding query sees nothing -> zero output
-    pos = position_ids_from_attention_mask(am)
-    assert pos.dtype == backend.xp.int64
-    assert backend.to_numpy(pos).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
-    # decoding one more token: the mask grows by one column, the new position is the last column
-    am2 = backend.asarray(np.concatenate([am_host, np.ones((2, 1), np.int64)], axis=1))
-    assert backend.to_numpy(position_ids_from_attention_mask(am2)[:, -1:]).tolist() == [[3], [5]]
-    assert tuple(causal_padding_mask(am2, 1).shape) == (2, 1, 1, 6)
-
-
 def test_left_padded_row_equals_unpadded_row():
     """The point of the padding mask: a row's real tokens get the same outputs padded or not."""
     rng = backends.rng(15)
     D, H = 4, 2
     q, k, v = host(rng, 1, H, 3, D), host(rng, 1, H, 3, D), host(rng, 1, H, 3, D)
     pad = lambda a: np.concatenate([host(rng, 1, H, 2, D), a], axis=2)   # two junk positions in front
-    am = np.array([[0, 0, 1, 1, 1]])
-    padded = attention(pad(q), pad(k), pad(v), mask=causal_padding_mask(am, 5))
+    attention_mask = np.array([[0, 0, 1, 1, 1]])
+    padded = attention(pad(q), pad(k), pad(v), mask=causal_padding_mask(attention_mask, 5))
     plain = attention(q, k, v, mask=causal_mask(3, 3, np))
     np.testing.assert_allclose(padded[:, :, 2:], plain, rtol=1e-6, atol=1e-6)
     assert np.all(padded[:, :, :2] == 0.0)

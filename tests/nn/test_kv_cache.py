@@ -8,8 +8,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import backends
-from scratch.nn.attention import attention, causal_mask
+from scratch.nn.dot_product_attention import attention
 from scratch.nn.kv_cache import KVCache, kv_bytes_per_token
+from scratch.nn.masks import causal_mask
 
 L, B, HKV, D = 2, 3, 2, 4
 
@@ -31,7 +32,7 @@ def step(cache, backend, rng, T):
 
 def test_writes_and_views(backend):
     rng = backends.rng(30)
-    cache = KVCache(backend, L, B, HKV, 10, D, "float32")
+    cache = KVCache(backend.xp, L, B, HKV, 10, D, "float32")
     assert cache.length == 0 and cache.remaining == 10
     first, _ = step(cache, backend, rng, 4)                       # prefill
     second, views = step(cache, backend, rng, 1)                  # one decoding step
@@ -56,7 +57,7 @@ def test_buffers_are_preallocated_with_the_dtype(backend):
 
 def test_one_advance_per_step_rule(backend):
     rng = backends.rng(31)
-    cache = KVCache(backend, L, B, HKV, 8, D, "float32")
+    cache = KVCache(backend.xp, L, B, HKV, 8, D, "float32")
     kv = backend.asarray(host(rng, B, HKV, 2, D))
     cache.update(0, kv, kv)
     with pytest.raises(ValueError, match="layer 0 already wrote"):
@@ -80,7 +81,7 @@ def test_one_advance_per_step_rule(backend):
 
 def test_capacity_error_names_the_numbers(backend):
     rng = backends.rng(32)
-    cache = KVCache(backend, 1, 1, HKV, 5, D, "float32")
+    cache = KVCache(backend.xp, 1, 1, HKV, 5, D, "float32")
     kv = backend.asarray(host(rng, 1, HKV, 3, D))
     cache.update(0, kv, kv)
     cache.advance(3)
@@ -91,10 +92,10 @@ def test_capacity_error_names_the_numbers(backend):
 
 def test_bad_construction_and_shapes(backend):
     with pytest.raises(ValueError, match="max_length must be a positive integer, got 0"):
-        KVCache(backend, 1, 1, 1, 0, 4)
+        KVCache(backend.xp, 1, 1, 1, 0, 4)
     with pytest.raises(ValueError, match="not a dtype"):
-        KVCache(backend, 1, 1, 1, 4, 4, "float17")
-    cache = KVCache(backend, 1, 2, 2, 4, 4)
+        KVCache(backend.xp, 1, 1, 1, 4, 4, "float17")
+    cache = KVCache(backend.xp, 1, 2, 2, 4, 4)
     wrong = backend.asarray(np.zeros((2, 3, 1, 4), np.float32))
     with pytest.raises(ValueError, match=r"not \(B, Hkv, T, D\) = \(2, 2, T, 4\)"):
         cache.update(0, wrong, wrong)
@@ -104,7 +105,7 @@ def test_bad_construction_and_shapes(backend):
 
 def test_reorder_gathers_rows_in_every_layer(backend):
     rng = backends.rng(33)
-    cache = KVCache(backend, L, B, HKV, 6, D, "float32")
+    cache = KVCache(backend.xp, L, B, HKV, 6, D, "float32")
     written, _ = step(cache, backend, rng, 3)
     cache.reorder(backend.asarray(np.array([2, 2, 0], dtype=np.int64)))
     for layer in range(L):
@@ -121,7 +122,7 @@ def test_reorder_gathers_rows_in_every_layer(backend):
 
 def test_crop_and_reset(backend):
     rng = backends.rng(34)
-    cache = KVCache(backend, L, B, HKV, 8, D, "float32")
+    cache = KVCache(backend.xp, L, B, HKV, 8, D, "float32")
     first, _ = step(cache, backend, rng, 3)
     step(cache, backend, rng, 4)                                   # 4 draft tokens...
     cache.crop(5)                                                  # ...of which 2 were accepted
@@ -144,7 +145,7 @@ def test_cache_equals_concatenation(chunks, seed, data):
     """Property: any sequence of chunked writes (with crops between them) reads back as the concatenation oracle."""
     backend = backends.get("numpy")
     rng = np.random.default_rng(seed)
-    cache = KVCache(backend, 2, 2, HKV, 12, D, "float32")
+    cache = KVCache(backend.xp, 2, 2, HKV, 12, D, "float32")
     oracle = [np.zeros((2, HKV, 0, D), np.float32) for _ in range(2)]
     for T in chunks:
         if cache.length + T > cache.max_length:
@@ -169,7 +170,7 @@ def test_cached_decoding_equals_full_attention(backend):
     q, k, v = host(rng, 1, H, T, D), host(rng, 1, HKV, T, D), host(rng, 1, HKV, T, D)
     xp = backend.xp
     full = backend.to_numpy(attention(*(backend.asarray(a) for a in (q, k, v)), mask=causal_mask(T, T, xp)))
-    cache = KVCache(backend, 1, 1, HKV, T, D, "float32")
+    cache = KVCache(backend.xp, 1, 1, HKV, T, D, "float32")
     outs = []
     for chunk in ((0, 3), (3, 4), (4, 6)):                        # a 3-token prefill, then 1, then 2
         a, b = chunk
@@ -185,6 +186,6 @@ def test_memory_arithmetic():
     assert kv_bytes_per_token(32, 32, 128, 2) == 512 * 1024
     # Llama 3.1 8B: GQA with 8 kv heads -> 128 KiB per token
     assert kv_bytes_per_token(32, 8, 128, 2) == 128 * 1024
-    cache = KVCache(backends.get("numpy"), 3, 2, 2, 16, 8, "float16")
+    cache = KVCache(np, 3, 2, 2, 16, 8, "float16")
     assert cache.bytes_per_token() == 2 * 3 * 2 * 8 * 2
     assert cache.nbytes == cache.bytes_per_token() * 2 * 16 == sum(b.nbytes for b in cache._k + cache._v)

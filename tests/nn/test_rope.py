@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import backends
-from scratch.nn.attention import split_heads
+from scratch.nn.dot_product_attention import split_heads
 from scratch.nn.functional import linear
 from scratch.nn.rope import ROPE_TYPES, apply_rope, permute_for_half_layout, rope_cos_sin, rope_inv_freq
 
@@ -86,7 +86,7 @@ def test_cos_sin_and_rotation_match_transformers(backend, case):
 
     # 2. with our table: a 1-ulp difference in a frequency f moves the angle at position p by about p * f * 6e-8
     #    (2.4e-4 rad at p = 4096, f = 1) -- the float32 RoPE error every implementation carries.
-    cos, sin = rope_cos_sin(rope_inv_freq(head_dim, theta, scaling, xp=backend), backend.asarray(positions))
+    cos, sin = rope_cos_sin(rope_inv_freq(head_dim, theta, scaling, xp=backend.xp), backend.asarray(positions))
     np.testing.assert_allclose(backend.to_numpy(cos)[:, 0], cos_t.numpy(), atol=4e-4)
     np.testing.assert_allclose(backend.to_numpy(sin)[:, 0], sin_t.numpy(), atol=4e-4)
     out_q = apply_rope(backend.asarray(q), cos, sin)
@@ -95,12 +95,12 @@ def test_cos_sin_and_rotation_match_transformers(backend, case):
     short = backend.asarray(positions % 64)
     with torch.no_grad():
         cos_s, _ = hf(torch.from_numpy(q), torch.from_numpy(positions % 64))
-    cos, _ = rope_cos_sin(rope_inv_freq(head_dim, theta, scaling, xp=backend), short)
+    cos, _ = rope_cos_sin(rope_inv_freq(head_dim, theta, scaling, xp=backend.xp), short)
     np.testing.assert_allclose(backend.to_numpy(cos)[:, 0], cos_s.numpy(), atol=5e-6)
 
 
 def test_positions_1d_and_dtype_argument(backend):
-    inv = rope_inv_freq(16, xp=backend)
+    inv = rope_inv_freq(16, xp=backend.xp)
     assert inv.dtype == backend.xp.float32 and backends.of(inv) is backend
     cos, sin = rope_cos_sin(inv, backend.asarray(np.arange(5, dtype=np.int64)))
     assert tuple(cos.shape) == (1, 1, 5, 16) and tuple(sin.shape) == (1, 1, 5, 16)
@@ -132,7 +132,7 @@ def test_permutation_connects_the_layouts(backend):
     B, T, C, H, Hkv, D = 2, 5, 24, 4, 2, 6
     x, wq, wk = host(rng, B, T, C), host(rng, C, H * D), host(rng, C, Hkv * D)
     X, WQ, WK = (backend.asarray(a) for a in (x, wq, wk))
-    cos, sin = rope_cos_sin(rope_inv_freq(D, xp=backend), backend.asarray(np.arange(11, 11 + T)))
+    cos, sin = rope_cos_sin(rope_inv_freq(D, xp=backend.xp), backend.asarray(np.arange(11, 11 + T)))
 
     q_meta = apply_rope(split_heads(linear(X, WQ), H), cos, sin, layout="interleaved")
     k_meta = apply_rope(split_heads(linear(X, WK), Hkv), cos, sin, layout="interleaved")
