@@ -404,8 +404,8 @@ def _simplest(regexes: tuple[str, ...]) -> str | tuple[str, ...]:
 
 def _read_merges_txt(path: Path) -> list[tuple[str, str]]:
     merges = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
             line = line.rstrip("\r\n")
             if (number == 1 and line.startswith("#version")) or not line:
                 continue

@@ -36,8 +36,8 @@ def llama3_special_tokens(n_ranks: int = 128_000, n_special: int = 256) -> dict[
         "<|eot_id|>",  # end of turn
         "<|python_tag|>", "<|image|>",
     ]
-    reserved = [f"<|reserved_special_token_{2 + i}|>" for i in range(n_special - len(named))]
-    return {token: n_ranks + i for i, token in enumerate(named + reserved)}
+    reserved = [f"<|reserved_special_token_{2 + index}|>" for index in range(n_special - len(named))]
+    return {token: n_ranks + offset for offset, token in enumerate(named + reserved)}
 
 
 _RANK_LINE = re.compile(rb"^[A-Za-z0-9+/]*={0,2} \d+\r?$")
