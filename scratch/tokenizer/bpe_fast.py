@@ -46,8 +46,9 @@ class ChunkCache(dict):
 
 class FastEncoder:
     """Encoding for one BPETokenizer, reading its tables (byte_ids, pair_ranks, merged_ids, id_of_bytes) and
-    adding a chunk cache. Threads may share it: the cache's pending placeholders belong to one call at a time (a
-    lock). Pickled (e.g. to worker processes) without the cache, the lock and the NumPy tables; they rebuild."""
+    adding a chunk cache; the pattern and ignore_merges are taken when it is built (build a new one after changing
+    them). Threads may share it: the cache's pending placeholders belong to one call at a time (a lock). Pickled
+    (e.g. to worker processes) without the cache, the lock and the NumPy tables; they rebuild."""
 
     def __init__(self, tokenizer):
         self.byte_ids: list[int] = tokenizer.byte_ids
