@@ -30,7 +30,7 @@ THREADS = 2
 
 
 def _worker(side: str, path: Path) -> None:
-    """One load in this (fresh) process; prints {"seconds", "baseline_mb", "peak_mb"} as JSON."""
+    """One load in this (fresh) process; prints {"seconds", "cpu_seconds", "baseline_mb", "peak_mb"} as JSON."""
     from bench_models import _peak_mb, _rss_mb
 
     if side == "ours":
@@ -49,11 +49,12 @@ def _worker(side: str, path: Path) -> None:
             return transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
                                                                      dtype=torch.float32)
     baseline = _rss_mb()
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     model = load()
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
     del model
-    print(json.dumps({"seconds": seconds, "baseline_mb": baseline, "peak_mb": _peak_mb()}))
+    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds, "baseline_mb": baseline,
+                      "peak_mb": _peak_mb()}))
 
 
 def _run(side: str, path: Path) -> dict:
@@ -123,14 +124,16 @@ def main() -> None:
     for side in ("ours", "transformers"):
         runs = [_run(side, path) for _ in range(args.repeats)]
         seconds = sorted(r["seconds"] for r in runs)[len(runs) // 2]
+        cpu_seconds = sorted(r["cpu_seconds"] for r in runs)[len(runs) // 2]
         extra = min(r["peak_mb"] - r["baseline_mb"] for r in runs)
         peak = min(r["peak_mb"] for r in runs)
-        results[side] = (seconds, extra, peak)
-        print(f"  {side:13s} load {seconds:6.2f} s   peak memory of the load {extra:7.0f} MiB "
-              f"(process peak {peak:.0f} MiB)")
+        results[side] = (seconds, cpu_seconds, extra, peak)
+        print(f"  {side:13s} load {seconds:6.2f} s wall, {cpu_seconds:6.2f} s CPU   peak memory of the load "
+              f"{extra:5.0f} MiB (process peak {peak:.0f} MiB)")
     ours, theirs = results["ours"], results["transformers"]
-    print(f"  ratio (transformers / ours): time {theirs[0] / ours[0]:.1f}x, load's peak memory "
-          f"{theirs[1] / ours[1]:.1f}x, process peak {theirs[2] / ours[2]:.1f}x")
+    # CPU time too: on a shared machine wall time swings with the other processes, CPU time much less.
+    print(f"  ratio (transformers / ours): wall time {theirs[0] / ours[0]:.1f}x, CPU time {theirs[1] / ours[1]:.1f}x, "
+          f"load's peak memory {theirs[2] / ours[2]:.2f}x, process peak {theirs[3] / ours[3]:.2f}x")
     ours_dq, theirs_dq = _dequantize_all(path)
     print(f"dequantize every tensor to float32: ours {ours_dq:.2f} s, gguf package {theirs_dq:.2f} s "
           f"({theirs_dq / ours_dq:.1f}x)")
