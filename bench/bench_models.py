@@ -11,12 +11,15 @@ save_pretrained to a temporary folder; ours is loaded from that folder, so both 
       grows from 64 to 1,024 tokens.
   (d) ours: resident memory (RSS) through a 1,024-token decode in a fresh process: flat after the cache is
       allocated (no per-step growth), and its peak.
+  (e) ours: what the (C, V) layout of the vocabulary matrix buys -- decode steps at 1 and 8 rows (batched decoding,
+      beam search) with the layout the models use against the plain (V, C) one (scratch.models.decoder).
 Timings are noisy when other processes share the cores; each figure is the median of several repeats.
 Run:  python bench/bench_models.py [--quick] [--backend numpy|cupy]
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 import json
 import os
@@ -117,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     import scratch.models
+    from scratch.models.decoder import VocabMatrix
 
     torch.set_num_threads(THREADS)
     repeats = 3 if args.quick else 7
@@ -235,6 +239,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    growth step {first} -> {last}: {growth:+.1f} MB, of which cache pages first written: "
               f"{touched:.1f} MB -> per-step growth beyond the cache: {growth - touched:+.1f} MB; "
               f"peak during decode {rss['peak']:.0f} MB (cache capacity {rss['cache_mb']:.0f} MB)")
+
+        # (e) the vocabulary matrix's layout: the same model with the plain (V, C) matrix, alternating rounds
+        plain = dataclasses.replace(ours, token_embedding=VocabMatrix(be.asarray(np.ascontiguousarray(
+            be.to_numpy(ours.wte)))))
+
+        def decode_rows(model, rows, steps):
+            batch = np.repeat(ids[:, :prompt_len + steps], rows, axis=0)        # (rows, prompt + steps)
+            cache = model.new_cache(rows, prompt_len + steps)
+            model(batch[:, :prompt_len], cache=cache, logits_to_keep=1)
+            times = []
+            for t in range(prompt_len, prompt_len + steps):
+                start = time.perf_counter()
+                be.to_numpy(model(batch[:, t:t + 1], cache=cache)[:, :, :1])
+                times.append(time.perf_counter() - start)
+            return times
+
+        print("\n(e) ours, decode step by vocabulary layout (median of the steps of alternating rounds):")
+        for rows in (1, 8):
+            fast_steps, plain_steps = [], []
+            for _ in range(max(2, repeats // 2)):
+                fast_steps += decode_rows(ours, rows, decode_steps)
+                plain_steps += decode_rows(plain, rows, decode_steps)
+            fast, slow = float(np.median(fast_steps)), float(np.median(plain_steps))
+            print(f"    {rows} row{'s' if rows > 1 else ' '}: (C, V) {fast * 1e3:.1f} ms, plain (V, C) "
+                  f"{slow * 1e3:.1f} ms -> the (C, V) layout is {slow / fast:.2f}x")
     return 0
 
 

@@ -17,17 +17,66 @@ import numpy as np
 
 import backends
 from scratch.models.config import BertConfig
-from scratch.models.inputs import token_ids
-from scratch.nn import attention, embedding, gelu, gelu_tanh, layer_norm, linear, merge_heads, padding_mask, silu
-from scratch.nn import split_heads
+from scratch.models.inputs import check_length, token_ids
+from scratch.models.weights import WeightReader, check_dtype, put
+from scratch.nn import activation, attention, embedding, layer_norm, linear, merge_heads, padding_mask, split_heads
 
 __all__ = ["Bert", "BertOutput", "BertWeights", "BertLayerWeights", "from_weights", "from_config"]
+
+
+# --- the model -----------------------------------------------------------------------------------------------------
+
+def forward(model: Bert, input_ids, attention_mask=None, token_type_ids=None) -> BertOutput:
+    """input_ids (B, T) ints; attention_mask (B, T) 0/1 (None = no padding); token_type_ids (B, T) segment ids
+    (None = all segment 0). Host NumPy inputs are moved to the backend here, at the edge."""
+    config, weights, xp = model.config, model.weights, model.backend.xp
+    ids, types, mask = model.checked_inputs(input_ids, attention_mask, token_type_ids)   # mask (B, 1, 1, T) or None
+    T = ids.shape[1]
+
+    # 1. embeddings: word + segment + position, then LayerNorm (the sum order is transformers', for exactness).
+    x = embedding(ids, weights.word_embeddings) + embedding(types, weights.token_type_embeddings)   # (B, T, C)
+    x = x + embedding(xp.arange(T, dtype=xp.int64), weights.position_embeddings)   # + (T, C) broadcast over B
+    x = layer_norm(x, weights.emb_ln_w, weights.emb_ln_b, config.layer_norm_eps)
+
+    # 2. the encoder: post-norm blocks, no causal mask.
+    for layer in weights.layers:
+        x = block(config, layer, x, mask)                                            # (B, T, C)
+
+    # 3. the heads.
+    pooled = None
+    if model.has_pooler:
+        pooled = xp.tanh(linear(x[:, 0, :], weights.pooler_w, weights.pooler_b))    # (B, C) from the [CLS] token
+    logits = None
+    if model.has_mlm_head:
+        h = activation(config.hidden_act)(linear(x, weights.mlm_dense_w, weights.mlm_dense_b))   # (B, T, C)
+        h = layer_norm(h, weights.mlm_ln_w, weights.mlm_ln_b, config.layer_norm_eps)
+        # tied output projection: the (V, C) embedding table read transposed, no copy.
+        decoder = weights.mlm_decoder_w
+        if decoder is None:
+            decoder = xp.permute_dims(weights.word_embeddings, (1, 0))                # (C, V)
+        logits = linear(h, decoder, weights.mlm_bias)                                # (B, T, V)
+    return BertOutput(last_hidden_state=x, pooler_output=pooled, logits=logits)
+
+
+def block(config: BertConfig, layer: BertLayerWeights, x, mask):
+    """One post-norm block: x = LN(x + Attn(x)); x = LN(x + MLP(x)). x (B, T, C) -> (B, T, C)."""
+    C, H, eps = config.hidden_size, config.num_attention_heads, config.layer_norm_eps
+    qkv = linear(x, layer.qkv_w, layer.qkv_b)                                         # (B, T, 3C)
+    q = split_heads(qkv[..., :C], H)                                                  # (B, H, T, D)
+    k = split_heads(qkv[..., C:2 * C], H)                                             # (B, H, T, D)
+    v = split_heads(qkv[..., 2 * C:], H)                                              # (B, H, T, D)
+    y = merge_heads(attention(q, k, v, mask=mask))                                    # (B, T, C)
+    # post-norm: the LayerNorm comes AFTER the residual add (GPT-2 and Llama normalise before the sublayer).
+    x = layer_norm(x + linear(y, layer.attn_out_w, layer.attn_out_b), layer.attn_ln_w, layer.attn_ln_b, eps)
+    h = activation(config.hidden_act)(linear(x, layer.fc_w, layer.fc_b))             # (B, T, F)
+    return layer_norm(x + linear(h, layer.proj_w, layer.proj_b), layer.mlp_ln_w, layer.mlp_ln_b, eps)
+
+
+# --- weights -------------------------------------------------------------------------------------------------------
 
 INIT_STD = 0.02  # BERT's initializer_range: every weight matrix and embedding starts as N(0, 0.02^2)
 HF_PREFIX = "bert."  # what BertForMaskedLM / BertForPreTraining put before the encoder's tensor names
 
-
-# --- weights -------------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class BertLayerWeights:
@@ -72,20 +121,6 @@ class BertOutput:
     logits: Any = None            # (B, T, V) masked-LM scores, or None without the masked-LM head
 
 
-# --- activations ---------------------------------------------------------------------------------------------------
-
-def _relu(x):
-    xp = backends.namespace_of(x)
-    return xp.where(x > 0.0, x, xp.zeros_like(x))
-
-
-# config.hidden_act -> function. "gelu" is the exact erf form (what every released BERT uses); the tanh forms are
-# GPT-2's approximation, which differs by up to ~5e-4 and would break exactness if swapped in.
-_ACTIVATIONS = {"gelu": gelu, "gelu_new": gelu_tanh, "gelu_pytorch_tanh": gelu_tanh, "relu": _relu, "silu": silu}
-
-
-# --- the model -----------------------------------------------------------------------------------------------------
-
 class Bert:
     """A BERT encoder with optional pooler and masked-LM head. Call it: `model(input_ids, attention_mask,
     token_type_ids) -> BertOutput`. Build it with `from_weights` (a checkpoint) or `from_config` (random)."""
@@ -95,7 +130,6 @@ class Bert:
         self.weights = weights
         self.backend = backend
         self.dtype = dtype
-        self.act = _ACTIVATIONS[config.hidden_act]
 
     def __repr__(self) -> str:
         c = self.config
@@ -111,13 +145,25 @@ class Bert:
     def has_mlm_head(self) -> bool:
         return self.weights.mlm_dense_w is not None
 
-    # --- inputs: host or backend arrays in, checked, on the backend out ------------------------------------------
-    def _ids(self, values, name: str, upper: int, shape=None):
-        """Integer ids (B, T) on the backend (checked by models.inputs.token_ids), optionally of a given shape."""
-        values = token_ids(self.backend, values, upper, name)
-        if shape is not None and tuple(values.shape) != shape:
-            raise ValueError(f"{name} has shape {tuple(values.shape)} but input_ids has shape {shape}")
-        return values
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None) -> BertOutput:
+        return forward(self, input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+
+    def checked_inputs(self, input_ids, attention_mask=None, token_type_ids=None):
+        """(ids (B, T), token types (B, T), mask (B, 1, 1, T) bool or None), checked and on the backend."""
+        c, xp = self.config, self.backend.xp
+        ids = token_ids(self.backend, input_ids, c.vocab_size)                       # (B, T)
+        B, T = ids.shape
+        if T == 0 or B == 0:
+            raise ValueError(f"input_ids must hold at least one sequence of at least one token, got shape {(B, T)}")
+        check_length(0, T, c.max_position_embeddings, "BERT")
+        if token_type_ids is None:
+            types = xp.zeros((B, T), dtype=xp.int64)
+        else:
+            types = token_ids(self.backend, token_type_ids, c.type_vocab_size, "token_type_ids")
+            if tuple(types.shape) != (B, T):
+                raise ValueError(f"token_type_ids has shape {tuple(types.shape)} but input_ids has shape {(B, T)}")
+        mask = None if attention_mask is None else self._mask(attention_mask, (B, T))
+        return ids, types, mask
 
     def _mask(self, attention_mask, shape):
         """(B, T) 0/1 or boolean -> (B, 1, 1, T) boolean, True = a real token every query may attend to."""
@@ -133,65 +179,6 @@ class Bert:
         if tuple(attention_mask.shape) != shape:
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has shape {shape}")
         return padding_mask(attention_mask)
-
-    # --- forward -------------------------------------------------------------------------------------------------
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None) -> BertOutput:
-        """input_ids (B, T) ints; attention_mask (B, T) 0/1 (None = no padding); token_type_ids (B, T) segment ids
-        (None = all segment 0). Host NumPy inputs are moved to the backend here, at the edge."""
-        c, w, xp = self.config, self.weights, self.backend.xp
-        ids = self._ids(input_ids, "input_ids", c.vocab_size)                          # (B, T)
-        B, T = ids.shape
-        if T == 0 or B == 0:
-            raise ValueError(f"input_ids must hold at least one sequence of at least one token, got shape {(B, T)}")
-        if T > c.max_position_embeddings:
-            raise ValueError(f"sequence length {T} exceeds max_position_embeddings {c.max_position_embeddings}")
-        if token_type_ids is None:
-            types = xp.zeros((B, T), dtype=xp.int64)
-        else:
-            types = self._ids(token_type_ids, "token_type_ids", c.type_vocab_size, shape=(B, T))
-        mask = None if attention_mask is None else self._mask(attention_mask, (B, T))  # (B, 1, 1, T)
-
-        # 1. embeddings: word + segment + position, then LayerNorm (the sum order is transformers', for exactness).
-        positions = xp.arange(T, dtype=xp.int64)                                      # (T,)
-        x = embedding(ids, w.word_embeddings) + embedding(types, w.token_type_embeddings)   # (B, T, C)
-        x = x + embedding(positions, w.position_embeddings)                           # + (T, C) broadcast over B
-        x = layer_norm(x, w.emb_ln_w, w.emb_ln_b, c.layer_norm_eps)
-
-        # 2. the encoder: post-norm blocks, no causal mask.
-        for layer in w.layers:
-            x = self._block(x, layer, mask)
-        hidden = x                                                                    # (B, T, C)
-
-        # 3. the heads.
-        pooled = None
-        if self.has_pooler:
-            pooled = xp.tanh(linear(hidden[:, 0, :], w.pooler_w, w.pooler_b))         # (B, C) from the [CLS] token
-        logits = None
-        if self.has_mlm_head:
-            h = self.act(linear(hidden, w.mlm_dense_w, w.mlm_dense_b))                # (B, T, C)
-            h = layer_norm(h, w.mlm_ln_w, w.mlm_ln_b, c.layer_norm_eps)
-            # tied output projection: the (V, C) embedding table read transposed, no copy.
-            decoder = w.mlm_decoder_w
-            if decoder is None:
-                decoder = xp.permute_dims(w.word_embeddings, (1, 0))                  # (C, V)
-            logits = linear(h, decoder, w.mlm_bias)                                   # (B, T, V)
-        return BertOutput(last_hidden_state=hidden, pooler_output=pooled, logits=logits)
-
-    def _block(self, x, layer: BertLayerWeights, mask):
-        """One post-norm block: x = LN(x + Attn(x)); x = LN(x + MLP(x)). x (B, T, C) -> (B, T, C)."""
-        c = self.config
-        C, H = c.hidden_size, c.num_attention_heads
-        qkv = linear(x, layer.qkv_w, layer.qkv_b)                                     # (B, T, 3C)
-        q = split_heads(qkv[..., :C], H)                                              # (B, H, T, D)
-        k = split_heads(qkv[..., C:2 * C], H)                                         # (B, H, T, D)
-        v = split_heads(qkv[..., 2 * C:], H)                                          # (B, H, T, D)
-        a = merge_heads(attention(q, k, v, mask=mask))                                # (B, T, C)
-        # post-norm: the LayerNorm comes AFTER the residual add (GPT-2 and Llama normalise before the sublayer).
-        x = layer_norm(x + linear(a, layer.attn_out_w, layer.attn_out_b), layer.attn_ln_w, layer.attn_ln_b,
-                       c.layer_norm_eps)
-        h = self.act(linear(x, layer.fc_w, layer.fc_b))                               # (B, T, F)
-        return layer_norm(x + linear(h, layer.proj_w, layer.proj_b), layer.mlp_ln_w, layer.mlp_ln_b,
-                          c.layer_norm_eps)
 
 
 # --- checkpoint names ----------------------------------------------------------------------------------------------
@@ -249,17 +236,6 @@ def _canonical(name: str) -> str:
     return name
 
 
-def _split_prefix(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """One flat dict without the "bert." prefix: encoder names as BertModel saves them, heads under "cls."."""
-    prefixed = any(name.startswith(HF_PREFIX) for name in weights)
-    out = {}
-    for name, array in weights.items():
-        if prefixed and name.startswith(HF_PREFIX):
-            name = name[len(HF_PREFIX):]
-        out[_canonical(name)] = array
-    return out
-
-
 def _is_linear_weight(field: str) -> bool:
     return field.endswith("_w") and "ln" not in field
 
@@ -274,36 +250,29 @@ def _check_config(config) -> BertConfig:
     return config
 
 
-def _check_dtype(backend: backends.Backend, dtype) -> str:
-    dtype = "float32" if dtype is None else dtype
-    if dtype not in ("float16", "float32", "float64"):
-        raise ValueError(f"BERT runs in a floating dtype (float32, float16, float64), got {dtype!r}")
-    backend.dtype(dtype)  # raises for a dtype this backend lacks (strict has no float16)
-    return dtype
-
-
 def _assemble(config: BertConfig, get, backend, dtype: str, with_pooler: bool, with_mlm: bool,
               decoder=None) -> Bert:
     """Build the model from `get(field, hf_name) -> host array in OUR layout` (linear weights (C_in, C_out))."""
-    def put(host):
-        return backend.asarray(np.ascontiguousarray(host), dtype=dtype)
+    def on_backend(host: np.ndarray):
+        return put(backend, host, dtype)
 
-    emb = {field: put(get(field, name)) for field, name in _EMBEDDING_NAMES.items()}
+    emb = {field: on_backend(get(field, name)) for field, name in _EMBEDDING_NAMES.items()}
     layers = []
     for i in range(config.num_hidden_layers):
-        f = {field: get(field, name) for field, name in _layer_names(i).items()}
+        host = {field: get(field, name) for field, name in _layer_names(i).items()}
         layers.append(BertLayerWeights(
-            qkv_w=put(np.concatenate([f["q_w"], f["k_w"], f["v_w"]], axis=1)),   # (C, 3C)
-            qkv_b=put(np.concatenate([f["q_b"], f["k_b"], f["v_b"]], axis=0)),   # (3C,)
-            **{field: put(f[field]) for field in ("attn_out_w", "attn_out_b", "attn_ln_w", "attn_ln_b", "fc_w",
-                                                   "fc_b", "proj_w", "proj_b", "mlp_ln_w", "mlp_ln_b")}))
+            qkv_w=on_backend(np.concatenate([host["q_w"], host["k_w"], host["v_w"]], axis=1)),   # (C, 3C)
+            qkv_b=on_backend(np.concatenate([host["q_b"], host["k_b"], host["v_b"]], axis=0)),   # (3C,)
+            **{field: on_backend(host[field]) for field in ("attn_out_w", "attn_out_b", "attn_ln_w", "attn_ln_b",
+                                                            "fc_w", "fc_b", "proj_w", "proj_b", "mlp_ln_w",
+                                                            "mlp_ln_b")}))
     heads = {}
     if with_pooler:
-        heads.update({field: put(get(field, name)) for field, name in _POOLER_NAMES.items()})
+        heads.update({field: on_backend(get(field, name)) for field, name in _POOLER_NAMES.items()})
     if with_mlm:
-        heads.update({field: put(get(field, name)) for field, name in _MLM_NAMES.items()})
+        heads.update({field: on_backend(get(field, name)) for field, name in _MLM_NAMES.items()})
         if decoder is not None:
-            heads["mlm_decoder_w"] = put(decoder)
+            heads["mlm_decoder_w"] = on_backend(decoder)
     weights = BertWeights(**emb, layers=tuple(layers), **heads)
     return Bert(config, weights, backend, dtype)
 
@@ -318,8 +287,8 @@ def from_weights(config: BertConfig, weights: dict[str, np.ndarray], backend="nu
     """
     config = _check_config(config)
     backend = backends.get(backend)
-    dtype = _check_dtype(backend, dtype)
-    named = _split_prefix(weights)
+    dtype = check_dtype(backend, dtype)
+    named = WeightReader({_canonical(name): array for name, array in weights.items()}, (HF_PREFIX, ""), "BERT")
     extra_layer = f"encoder.layer.{config.num_hidden_layers}.attention.self.query.weight"
     if extra_layer in named:
         raise ValueError(f"the checkpoint has more encoder layers than config.num_hidden_layers "
@@ -331,21 +300,14 @@ def from_weights(config: BertConfig, weights: dict[str, np.ndarray], backend="nu
             # subtle: the forward pass adds decoder.bias. Tied checkpoints hold the same values under both names;
             # an untied one (tie_word_embeddings=False) keeps cls.predictions.bias as an unused leftover.
             name = _MLM_BIAS_ALIAS
-        if name not in named:
-            raise ValueError(f"missing tensor {name!r} (or {HF_PREFIX + name!r}) in the BERT checkpoint")
-        array = np.asarray(named[name])
-        expected = shapes.get(field, (config.hidden_size,))
-        if tuple(array.shape) != expected:
-            raise ValueError(f"tensor {name!r} has shape {tuple(array.shape)}, expected {expected}")
-        if not np.issubdtype(array.dtype, np.floating):
-            raise ValueError(f"tensor {name!r} has dtype {array.dtype}, expected a float")
+        array = named(name, shapes.get(field, (config.hidden_size,)))
         return array.T if _is_linear_weight(field) else array   # torch (C_out, C_in) -> ours (C_in, C_out)
 
     decoder = None
     with_mlm = _MLM_NAMES["mlm_dense_w"] in named
     if with_mlm and _MLM_DECODER in named:
         untied = get("mlm_decoder_w", _MLM_DECODER)                               # (C, V) after the transpose
-        if not np.array_equal(untied.T, named["embeddings.word_embeddings.weight"]):
+        if not np.array_equal(untied.T, get("word_embeddings", _EMBEDDING_NAMES["word_embeddings"])):
             decoder = untied                                                      # truly untied: keep its own copy
     return _assemble(config, get, backend, dtype, with_pooler=_POOLER_NAMES["pooler_w"] in named,
                      with_mlm=with_mlm, decoder=decoder)
@@ -358,7 +320,7 @@ def from_config(config: BertConfig, backend="numpy", seed: int | None = 0, dtype
     gets the same model for the same seed. Both heads are present unless switched off."""
     config = _check_config(config)
     backend = backends.get(backend)
-    dtype = _check_dtype(backend, dtype)
+    dtype = check_dtype(backend, dtype)
     rng = backends.rng(seed)
     shapes = _shapes(config)
 
@@ -368,8 +330,8 @@ def from_config(config: BertConfig, backend="numpy", seed: int | None = 0, dtype
             return np.ones(shape, dtype=np.float32)
         if field.endswith("_b") or field == "mlm_bias":
             return np.zeros(shape, dtype=np.float32)
-        # the draw backend.random_normal(rng, shape, std) makes, kept on the host until Q, K, V are fused
-        draw = rng.standard_normal(shape, dtype=np.float32) * np.float32(INIT_STD)   # torch layout
+        # drawn in torch's (C_out, C_in) layout and transposed like a checkpoint's, on the host until Q, K, V fuse
+        draw = rng.standard_normal(shape, dtype=np.float32) * np.float32(INIT_STD)
         return draw.T if _is_linear_weight(field) else draw
 
     return _assemble(config, get, backend, dtype, with_pooler=pooler, with_mlm=mlm_head)

@@ -15,10 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from scratch.atomic import atomic_write
-
-# Activation names as Hugging Face spells them. "gelu" is the exact erf form; "gelu_new" and
-# "gelu_pytorch_tanh" are the same tanh approximation (GPT-2 uses it); "silu" is x * sigmoid(x) (Llama's SwiGLU).
-ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu")
+from scratch.nn import ACTIVATIONS  # activation names as Hugging Face spells them -> the function (one table)
 
 # RoPE frequency schedules we implement: "default" (theta ** (-2i/D)), "linear" (positions divided by `factor`,
 # Chen et al. 2023) and "llama3" (long wavelengths divided by `factor`, short ones kept, a smooth ramp between).

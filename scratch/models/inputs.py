@@ -1,8 +1,9 @@
-"""Model inputs at the edge: integer id arrays checked once and moved onto the model's backend.
+"""Model inputs at the edge: the one home of "ids in range" and "context length exceeded" for every model.
 
 Every model (GPT-2, Llama, BERT) takes ids as host NumPy arrays, lists, or arrays already on its backend. Host input
 is checked here -- shape, integer dtype, range -- because a bad id would otherwise surface as an index error deep
 inside `take`. A backend array is trusted for its range: checking it would cost a device sync on every decoding step.
+Callers outside the models (generation) use the same two checks: `check_ids_in_range` and `check_length`.
 """
 from __future__ import annotations
 
@@ -10,12 +11,24 @@ import numpy as np
 
 import backends
 
+__all__ = ["token_ids", "check_ids_in_range", "check_length"]
 
-def is_integer_dtype(xp, dtype) -> bool:
-    isdtype = getattr(xp, "isdtype", None)          # the standard's test (Array API 2023.12); older CuPy lacks it
-    if isdtype is not None:
-        return isdtype(dtype, "integral")
-    return np.issubdtype(np.dtype(dtype), np.integer)
+
+def check_ids_in_range(ids: np.ndarray, upper: int, name: str = "input_ids", where: np.ndarray | None = None) -> None:
+    """ValueError naming the first id of host array `ids` outside [0, upper); `where` (same shape, bool) limits the
+    check to those positions (e.g. the real tokens of a left-padded batch)."""
+    bad = (ids < 0) | (ids >= upper)
+    if where is not None:
+        bad &= where
+    if bad.any():
+        raise ValueError(f"{name} holds {int(ids[bad][0])}, outside [0, {upper})")
+
+
+def check_length(past: int, T: int, limit: int, what: str) -> None:
+    """ValueError when `past` cached positions plus T new ones exceed a context of `limit` positions."""
+    if past + T > limit:
+        told = f"{T} positions" if past == 0 else f"{past} cached + {T} new positions"
+        raise ValueError(f"{what}: {told} exceed the model's context of {limit}")
 
 
 def token_ids(backend: backends.Backend, values, upper: int, name: str = "input_ids"):
@@ -26,13 +39,11 @@ def token_ids(backend: backends.Backend, values, upper: int, name: str = "input_
             raise ValueError(f"{name} must be (B, T), got shape {host.shape}")
         if host.size and not np.issubdtype(host.dtype, np.integer):
             raise ValueError(f"{name} must hold integers, got dtype {host.dtype}")
-        if host.size and (host.min() < 0 or host.max() >= upper):
-            bad = host[(host < 0) | (host >= upper)][0]
-            raise ValueError(f"{name} holds {int(bad)}, outside [0, {upper})")
+        check_ids_in_range(host, upper, name)
         return backend.asarray(host, dtype="int64")
     xp = backend.namespace_of(values)
     if values.ndim != 2:
         raise ValueError(f"{name} must be (B, T), got shape {tuple(values.shape)}")
-    if not is_integer_dtype(xp, values.dtype):
+    if not xp.isdtype(values.dtype, "integral"):
         raise ValueError(f"{name} must hold integers, got dtype {values.dtype}")
     return values if values.dtype == xp.int64 else xp.astype(values, xp.int64)

@@ -68,8 +68,16 @@ def _layer_checks(rng: np.random.Generator) -> list[tuple[str, float, Callable]]
     def on(be, *arrays):
         return [be.asarray(a) for a in arrays]
 
+    def gelu_mlp(be):     # GPT-2's MLP: down(gelu_tanh(up(x)))
+        x_, up, up_b, down, down_b = on(be, x, w_fc, b_fc, w_proj, b_proj)
+        return nn.linear(nn.gelu_tanh(nn.linear(x_, up, up_b)), down, down_b)
+
+    def swiglu_mlp(be):   # Llama's MLP: down(silu(gate(x)) * up(x))
+        x_, gate, up, down = on(be, x, w_fc, w_up, w_proj)
+        return nn.linear(nn.silu(nn.linear(x_, gate)) * nn.linear(x_, up), down)
+
     def rope(be, layout, scaling):
-        inv = nn.rope_inv_freq(D, 10000.0, scaling, xp=be)
+        inv = nn.rope_inv_freq(D, 10000.0, scaling, xp=be.xp)
         cos, sin = nn.rope_cos_sin(inv, be.asarray(positions + 37))   # positions past the first wavelengths
         return nn.apply_rope(be.asarray(q), cos, sin, layout=layout)
 
@@ -83,12 +91,13 @@ def _layer_checks(rng: np.random.Generator) -> list[tuple[str, float, Callable]]
         ("gelu_tanh", 1e-5, lambda be: nn.gelu_tanh(be.asarray(x))),
         ("silu", 1e-5, lambda be: nn.silu(be.asarray(x))),
         ("softmax", 1e-5, lambda be: nn.softmax(be.asarray(logits))),
-        ("mlp_gelu", 1e-5, lambda be: nn.mlp_gelu(*on(be, x, w_fc, b_fc, w_proj, b_proj))),
-        ("mlp_swiglu", 1e-5, lambda be: nn.mlp_swiglu(*on(be, x, w_fc, w_up, w_proj))),
+        ("relu", 0.0, lambda be: nn.relu(be.asarray(x))),
+        ("mlp (gelu_tanh)", 1e-5, gelu_mlp),
+        ("mlp (swiglu)", 1e-5, swiglu_mlp),
         ("rope half (default)", 1e-5, lambda be: rope(be, "half", None)),
         ("rope interleaved, llama3 scaling", 1e-5, lambda be: rope(be, "interleaved", llama3)),
         ("attention causal GQA", 1e-5,
-         lambda be: nn.attention(*on(be, q, k, v), mask=nn.causal_mask(T, T, be))),
+         lambda be: nn.attention(*on(be, q, k, v), mask=nn.causal_mask(T, T, be.xp))),
         ("attention left-padded", 1e-5,
          lambda be: nn.attention(*on(be, q, k, v), mask=nn.causal_padding_mask(be.asarray(pad), T))),
     ]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import scratch.models
-from scratch.models import gpt2 as gpt2_module  # owns PREFILL_BLOCK, used by both models
+from scratch.models import decoder  # owns PREFILL_BLOCK, used by both models
 
 ATOL = 1e-4  # float32 vs float32; observed ~3e-7 (summation order inside matmuls)
 
@@ -31,7 +31,7 @@ def check_logits(hf, folder, backend, vocab_size: int):
     model = scratch.models.load(folder, backend=backend)
     ids = random_ids(vocab_size)
     logits = model(ids)
-    assert backend.owns(logits)
+    backend.check_owned(logits)                 # MixedBackendError if the logits left the backend
     assert logits.dtype == backend.xp.float32
     assert tuple(logits.shape) == (2, 40, vocab_size)
     with torch.no_grad():
@@ -41,7 +41,7 @@ def check_logits(hf, folder, backend, vocab_size: int):
 
 def check_blocked_prefill(hf, folder, monkeypatch, vocab_size: int):
     """A prefill longer than the attention block goes through the blocked causal path (block 8 here, 128 in use)."""
-    monkeypatch.setattr(gpt2_module, "PREFILL_BLOCK", 8)
+    monkeypatch.setattr(decoder, "PREFILL_BLOCK", 8)
     model = scratch.models.load(folder)
     ids = random_ids(vocab_size, 2, 37, seed=4)
     mask = np.ones_like(ids)

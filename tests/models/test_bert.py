@@ -81,7 +81,7 @@ def _load(folder, backend, **kwargs):
 
 
 def _host(backend, array):
-    assert backend.owns(array), f"output is not a {backend.name} array: {type(array)}"
+    backend.check_owned(array)                  # MixedBackendError naming the array's kind if it left the backend
     assert array.dtype == backend.xp.float32
     return backend.to_numpy(array)
 
@@ -273,7 +273,7 @@ def test_from_config_options():
     (dict(input_ids=[1, 2, 3]), r"input_ids must be \(B, T\)"),
     (dict(input_ids=[[1.0, 2.0]]), "must hold integers"),
     (dict(input_ids=np.zeros((2, 0), dtype=np.int64)), "at least one token"),
-    (dict(input_ids=[list(range(17))]), "sequence length 17 exceeds max_position_embeddings 16"),
+    (dict(input_ids=[list(range(17))]), "BERT: 17 positions exceed the model's context of 16"),
     (dict(input_ids=[[1, 2]], token_type_ids=[[0, 2]]), r"token_type_ids holds 2, outside \[0, 2\)"),
     (dict(input_ids=[[1, 2]], token_type_ids=[[0, 1, 1]]), r"token_type_ids has shape \(1, 3\)"),
     (dict(input_ids=[[1, 2]], attention_mask=[[1]]), r"attention_mask has shape \(1, 1\)"),

@@ -18,9 +18,12 @@ import backends
 import scratch.models
 from scratch import nn
 from scratch.models import GPT2Config, LlamaConfig
-from scratch.models.gpt2 import causal_attention
+from scratch.models.decoder import causal_attention
 
-RTOL, ATOL = 1e-5, 2e-5  # float32, same weights, different summation lengths (cache views vs full matrices)
+# float32, same weights, different summation lengths (cache views vs full matrices, one row vs many). The x5 weights
+# give logits up to ~10, where those orders differ by up to 7.3e-5 (the worst seen, Llama; the same before and after
+# the models' refactor), so 2x that; a position or mask bug moves logits by O(1).
+RTOL, ATOL = 1e-5, 1.5e-4
 V = 97
 CONFIGS = {
     "gpt2": GPT2Config(vocab_size=V, n_positions=40, n_embd=32, n_layer=2, n_head=4),
@@ -43,6 +46,8 @@ def _scale(obj, factor):
             continue
         if isinstance(value, tuple):
             changes[f.name] = tuple(_scale(layer, factor) for layer in value)
+        elif dataclasses.is_dataclass(value):                       # the vocabulary matrix
+            changes[f.name] = _scale(value, factor)
         elif hasattr(value, "shape"):
             changes[f.name] = value * factor
     return dataclasses.replace(obj, **changes)
@@ -156,7 +161,7 @@ def test_blocked_causal_attention_equals_one_call(backend, T, past, block, heads
         am[1, :rng.integers(0, S)] = 0
         mask = nn.causal_padding_mask(be.asarray(am), T)           # (B, 1, T, S)
     else:
-        mask = nn.causal_mask(T, S, be)                            # (T, S)
+        mask = nn.causal_mask(T, S, be.xp)                          # (T, S)
     fast = be.to_numpy(causal_attention(q, k, v, mask, block=block))
     assert fast.dtype == np.float32
-    np.testing.assert_allclose(fast, be.to_numpy(nn.attention(q, k, v, mask=mask)), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(fast, be.to_numpy(nn.attention(q, k, v, mask=mask)), rtol=RTOL, atol=2e-5)

@@ -45,7 +45,7 @@ def test_gpt2_dispatch_and_base_model_names(gpt2_folder, tmp_path):
     model = scratch.models.load(gpt2_folder)
     assert isinstance(model, gpt2.GPT2)
     # the weights are the model's own memory, not views of the memory-mapped file
-    assert model.wte_t.flags.owndata and model.layers[0].qkv_w.flags.owndata
+    assert model.token_embedding.columns.flags.owndata and model.layers[0].qkv_w.flags.owndata
     ids = np.arange(12).reshape(1, 12)
 
     def strip(w):  # GPT2Model saves the same tensors without the "transformer." prefix

@@ -13,7 +13,7 @@ from scratch.models import parity
 def test_every_component_passes_on_the_default_backends():
     rows = parity.run_parity()
     names = {row.component for row in rows}
-    for expected in ("linear", "layer_norm", "rms_norm", "gelu_tanh", "softmax", "mlp_swiglu",
+    for expected in ("linear", "layer_norm", "rms_norm", "gelu_tanh", "softmax", "mlp (swiglu)",
                      "rope interleaved, llama3 scaling", "attention left-padded", "gpt2 cached decode", "llama logits"):
         assert expected in names
     failed = [row for row in rows if not row.passed]
