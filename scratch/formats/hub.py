@@ -61,7 +61,8 @@ def resolve_model_id(name: str | os.PathLike, needs: tuple[str, ...] = ("config.
         return path
     text = str(name)
     if not looks_like_model_id(text):
-        raise FileNotFoundError(f"{text}: no such file or folder (and not a Hugging Face model id owner/name)")
+        raise FileNotFoundError(f"{text} does not exist (no such file or folder, and not a Hugging Face model id "
+                                "owner/name)")
     try:
         from huggingface_hub import snapshot_download
     except ImportError:

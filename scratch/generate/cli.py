@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-__all__ = ["register", "printable"]
+__all__ = ["register", "printable", "add_decoding_options"]
 
 STRATEGIES = ("greedy", "sample", "beam", "contrastive", "speculative")
 
@@ -24,10 +24,19 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, metavar="FOLDER", help="a Hugging Face model folder (GPT-2 or Llama)")
     p.add_argument("--tokenizer", required=True, metavar="PATH_OR_NAME",
                    help="a tokenizer file or folder (see `scratch tokenizer`), or a name such as cl100k_base")
+    add_decoding_options(p)
+    p.add_argument("--bos", choices=("auto", "yes", "no"), default="auto",
+                   help="start the prompt with the model's bos_token_id: auto (default) for Llama, not for GPT-2")
+
+
+def add_decoding_options(p: argparse.ArgumentParser) -> None:
+    """Backend, length, seed, warpers, penalties and stop strings: the flags `scratch generate` and `scratch chat`
+    share (transformers' names with dashes)."""
     p.add_argument("--backend", default=None,
                    help="numpy, strict, cupy or auto (default: $SCRATCH_BACKEND, else numpy)")
     p.add_argument("--dtype", default="float32", help="float32 (default), float16 or float64")
-    p.add_argument("--max-new-tokens", type=int, default=50, metavar="N", help="new tokens at most (default 50)")
+    p.add_argument("--max-new-tokens", type=int, default=50, metavar="N",
+                   help="new tokens at most (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the host generator for sampling (default 0)")
     p.add_argument("--temperature", type=float, default=None, help="sampling temperature (0 = greedy)")
     p.add_argument("--top-k", type=int, default=None, help="keep the k most probable tokens (0 disables)")
@@ -36,8 +45,6 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repetition-penalty", type=float, default=None, help="CTRL repetition penalty (> 1 punishes)")
     p.add_argument("--no-repeat-ngram-size", type=int, default=None, metavar="N", help="ban repeated n-grams")
     p.add_argument("--stop", action="append", default=None, metavar="TEXT", help="a stop string (repeatable)")
-    p.add_argument("--bos", choices=("auto", "yes", "no"), default="auto",
-                   help="start the prompt with the model's bos_token_id: auto (default) for Llama, not for GPT-2")
 
 
 def register(subparsers) -> None:

@@ -4,8 +4,8 @@
 "model_type"), reads the weights with scratch's own safetensors reader (sharded folders included) and hands them to
 that family's `from_weights`: GPT2LMHeadModel / GPT2Model -> gpt2, LlamaForCausalLM / LlamaModel -> llama,
 BertModel / BertForMaskedLM / BertForPreTraining -> bert. `from_config(config)` builds a randomly initialised model
-of the config's family (same seed, same weights on every backend). A GGUF file (llama.cpp's format, quantised or
-not) is handed to scratch.models.gguf. Not here: PyTorch .bin files.
+of the config's family (same seed, same weights on every backend). Not here: downloading, PyTorch .bin files,
+quantised checkpoints.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import importlib
 from pathlib import Path
 
 from scratch.formats.gguf import is_gguf
+from scratch.formats.hub import resolve_model_id
 from scratch.models.config import BertConfig, GPT2Config, LlamaConfig, config_from_hf, read_config_json
 from scratch.models.safetensors import load_folder
 
@@ -53,12 +54,15 @@ def architecture_of(d: dict) -> str:
 
 def load(folder, backend="numpy", dtype="float32"):
     """The model in a Hugging Face folder (config.json + model.safetensors or its sharded index), or in a GGUF file
-    (recognised by its magic bytes; scratch.models.gguf), on `backend`.
+    (recognised by its magic bytes; scratch.models.gguf), on `backend`. A Hugging Face model id "owner/name" that is
+    not a local path is read from the hub cache (scratch.formats.hub; fetched there first when online).
 
     Weights are memory-mapped, checked tensor by tensor (a missing tensor or a wrong shape raises ValueError naming
     it), converted to `dtype` and moved to the backend once. An unknown architecture raises ValueError naming it.
     """
     folder = Path(folder)
+    if not folder.exists():  # "owner/name": a Hugging Face model id, from (or fetched into) the hub cache
+        folder = resolve_model_id(folder)
     if is_gguf(folder):
         from scratch.models.gguf import load_gguf_model
 

@@ -24,7 +24,7 @@ import regex
 __all__ = ["ChatTemplateMixin", "render_chat_template", "read_folder_chat_template", "with_folder_chat_template",
            "select_template", "encode_with_special_tokens", "MISSING_JINJA"]
 
-MISSING_JINJA = ("chat templates are Jinja templates and need the jinja2 package (>= 3.1): "
+MISSING_JINJA = ("chat templates are Jinja templates and need the jinja2 package (>= 3.1.6): "
                  "pip install 'scratch-llm[chat]' (or pip install jinja2)")
 _SPECIAL_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 _CONTINUE_TAG = "CONTINUE_FINAL_MESSAGE_TAG "  # marks the end of a message to continue; cut off after rendering
@@ -41,6 +41,10 @@ def _jinja():
         import jinja2.sandbox
     except ImportError:
         raise ImportError(MISSING_JINJA) from None
+    version = tuple(int(part) for part in regex.findall(r"\d+", jinja2.__version__)[:3])
+    if version < (3, 1, 6):  # older sandboxes have known escapes, and templates come from strangers' files
+        raise ImportError(f"chat templates need jinja2 >= 3.1.6 (found {jinja2.__version__}): "
+                          "pip install -U 'scratch-llm[chat]'")
     return jinja2
 
 
