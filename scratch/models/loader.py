@@ -4,8 +4,8 @@
 "model_type"), reads the weights with scratch's own safetensors reader (sharded folders included) and hands them to
 that family's `from_weights`: GPT2LMHeadModel / GPT2Model -> gpt2, LlamaForCausalLM / LlamaModel -> llama,
 BertModel / BertForMaskedLM / BertForPreTraining -> bert. `from_config(config)` builds a randomly initialised model
-of the config's family (same seed, same weights on every backend). Not here: downloading, PyTorch .bin files,
-quantised checkpoints.
+of the config's family (same seed, same weights on every backend). A GGUF file (llama.cpp's format, quantised or
+not) is handed to scratch.models.gguf. Not here: PyTorch .bin files.
 """
 from __future__ import annotations
 
