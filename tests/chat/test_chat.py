@@ -97,6 +97,15 @@ def test_the_cross_turn_cache_changes_only_the_work(model, tokenizer, sampling):
     assert sum(t.prefilled_tokens for t in cached.history) < sum(t.prefilled_tokens for t in fresh.history) / 2
 
 
+def test_every_backend_gives_the_same_conversation(folder, model, tokenizer, backend):
+    """The session's loop (cache, processors, sampling) is backend code: the same replies on every backend."""
+    kwargs = dict(max_new_tokens=6, do_sample=True, top_k=30, seed=2, repetition_penalty=1.1)
+    expected = _conversation_replies(ChatSession(model, tokenizer, **kwargs), TURNS[:3])
+    on_backend = ChatSession(scratch.models.load(folder, backend=backend), tokenizer, **kwargs)
+    assert _conversation_replies(on_backend, TURNS[:3]) == expected
+    assert on_backend.history[-1].reused_tokens > 0
+
+
 def test_reset_starts_over_and_keeps_the_system_message(model, tokenizer):
     session = ChatSession(model, tokenizer, system="sys", max_new_tokens=6)
     first = session.ask("hello there")
