@@ -139,8 +139,9 @@ class ChatSession:
         reply_ids: list[int] = []
         stops = StopStrings(self.config.stop_strings, self.tokenizer.decode) if self.config.stop_strings else None
         finished = False
+        tokens = self._reply(prompt)
         try:
-            for token in self._reply(prompt):
+            for token in tokens:
                 if token in self.end_ids:
                     break
                 reply_ids.append(token)
@@ -154,6 +155,7 @@ class ChatSession:
                 yield tail
             finished = True
         finally:
+            tokens.close()    # ends the decode loop where it stopped (its statistics are recorded then)
             if not finished:  # interrupted (Ctrl-C, generator closed): the conversation stays as it was
                 self._forget_after(len(prompt))
         self.last_reply_ids = reply_ids
