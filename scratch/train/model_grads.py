@@ -147,7 +147,7 @@ def loss_and_grads(model, input_ids, targets, *, checkpointing: bool = False, lo
     scaling: the gradients come out scaled by it). checkpointing: recompute each block's activations in the
     backward instead of keeping them (same gradients, bit for bit; less memory, one more forward per step).
     """
-    _check_activation(model)
+    _check_trainable(model)
     ids = token_ids(model.backend, input_ids, model.n_vocab)                 # (B, T) int64 on the backend
     B, T = ids.shape
     check_length(0, T, model.max_length, type(model).__name__)
@@ -166,7 +166,9 @@ def loss_and_grads(model, input_ids, targets, *, checkpointing: bool = False, lo
     return float(loss), {name: grads.arrays[name] for name in grads.wanted}
 
 
-def _check_activation(model) -> None:
+def _check_trainable(model) -> None:
+    """TypeError for a model without a training backward here, ValueError for an activation without one."""
+    _architecture(model)
     config = model.config
     name = config.activation if isinstance(model, GPT2) else config.hidden_act
     if name not in ACTIVATIONS:
