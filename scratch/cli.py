@@ -14,20 +14,33 @@ import sys
 
 # Modules that add subcommands, in the order `scratch --help` lists them.
 SUBCOMMAND_MODULES: list[str] = ["scratch.tokenizer.cli", "scratch.models.cli", "scratch.generate.cli",
-                                 "scratch.chat.cli"]
+                                 "scratch.chat.cli", "scratch.train.cli"]
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
     import backends
     import scratch
 
+    if not args.training and (args.lora is not None or args.lora_targets or args.checkpointing or args.gpus != 1
+                              or args.zero or args.seq_len is not None or args.precision != "mixed"):
+        raise ValueError("--lora, --checkpointing, --precision, --seq-len, --gpus and --zero describe training: "
+                         "add --training")
     if args.name:
         try:
             presets = importlib.import_module("scratch.models.presets")
         except ModuleNotFoundError:
             raise SystemExit("scratch info NAME: model presets are not available in this version") from None
+        if args.training:
+            from scratch.train.memory import training_report
+
+            print(training_report(args.name, presets.get_preset(args.name), lora_r=args.lora,
+                                  lora_targets=args.lora_targets, checkpointing=args.checkpointing,
+                                  precision=args.precision, seq_len=args.seq_len, gpus=args.gpus, zero=args.zero))
+            return 0
         print(presets.describe(args.name))
         return 0
+    if args.training:
+        raise ValueError("--training needs a model NAME, e.g. scratch info llama-2-7b --training")
     print(f"scratch {scratch.__version__}")
     print("backends:")
     for name in backends.NAMES:
@@ -52,6 +65,19 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     info = subparsers.add_parser("info", help="backends and components available here; with NAME, a model's sizes")
     info.add_argument("name", nargs="?", help="a model preset such as gpt2, llama-2-7b, llama-3.1-8b")
+    training = info.add_argument_group("training memory (with NAME --training; docs/finetuning.md)")
+    training.add_argument("--training", action="store_true",
+                          help="weights, gradients, AdamW states and activations of fine-tuning NAME")
+    training.add_argument("--lora", type=int, metavar="R", help="LoRA: only rank-R adapters are trained")
+    training.add_argument("--lora-targets", nargs="+", metavar="MODULE",
+                          help="projections LoRA wraps (default PEFT's: c_attn; q_proj v_proj; query value)")
+    training.add_argument("--checkpointing", action="store_true", help="gradient checkpointing (recompute blocks)")
+    training.add_argument("--precision", choices=("mixed", "fp32"), default="mixed",
+                          help="mixed: 16-bit compute + float32 master weights (default); fp32: float32 throughout")
+    training.add_argument("--seq-len", type=int, metavar="T", help="tokens per sequence (default: context, <= 2048)")
+    training.add_argument("--gpus", type=int, default=1, metavar="N", help="data-parallel GPUs for ZeRO")
+    training.add_argument("--zero", type=int, choices=(0, 1, 2, 3), default=0,
+                          help="ZeRO stage: 1 divides optimizer states, 2 also gradients, 3 also weights")
     info.set_defaults(handler=_cmd_info)
     for module_name in SUBCOMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)

@@ -20,7 +20,17 @@ Public API
              warmup_cosine_lr(step, max_lr, total_steps, warmup_steps, min_lr); GradientAccumulator.
     model_grads: named_parameters(model) -> {checkpoint name: array or view}; trainable_parameters(obj);
              loss_and_grads(model, input_ids, targets, *, checkpointing=False, loss_scale=1.0) -> (float, grads).
+    amp:     GradScaler (torch.amp.GradScaler's rules: get_scale, unscale_, step, update, state_dict);
+             MixedPrecision(model) -- float16 compute copy, float32 master, .loss_and_grads, .step.
+    data:    write_tokens, read_tokens -> TokenFile (memory-mapped uint16/uint32 ids + JSON), tokenize_files,
+             random_batch(ids, rng, B, T) -> (input_ids, targets).
+    loop:    TrainSettings, Trainer(model, train_file, val_file, settings, out_dir).run() / .resume(),
+             TrainResult, NonFiniteLossError, save_model, latest_checkpoint.
+    memory:  model_states, zero_per_gpu, lora_parameters, activation_bytes_per_token, training_report
+             (what `scratch info NAME --training` prints).
 """
+from scratch.train.amp import GradScaler, MixedPrecision
+from scratch.train.data import TokenFile, read_tokens, tokenize_files, write_tokens
 from scratch.train.layers import (
     ACTIVATIONS,
     CrossEntropyCache,
@@ -54,6 +64,7 @@ from scratch.train.layers import (
     swiglu_forward,
 )
 from scratch.train.model_grads import loss_and_grads, named_parameters
+from scratch.train.loop import NonFiniteLossError, Trainer, TrainResult, TrainSettings, save_model
 from scratch.train.optim import (
     EMBEDDING_NAMES,
     SGD,
@@ -78,4 +89,6 @@ __all__ = [
     "named_parameters", "loss_and_grads",
     "trainable_parameters", "EMBEDDING_NAMES", "default_decay_rule", "decay_groups",
     "Optimizer", "AdamW", "SGD", "clip_grad_norm", "warmup_cosine_lr", "GradientAccumulator",
+    "GradScaler", "MixedPrecision", "TokenFile", "write_tokens", "read_tokens", "tokenize_files",
+    "TrainSettings", "Trainer", "TrainResult", "NonFiniteLossError", "save_model",
 ]
