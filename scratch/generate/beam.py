@@ -9,7 +9,6 @@ bookkeeping in float32 NumPy on the host. Not here: diverse (group) beam search 
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -62,13 +61,14 @@ def _beam(model, prompt, config, rng, decode):
     improvable = np.ones(B, dtype=bool)              # is_early_stop_heuristic_unsatisfied
     beams = BeamModel(model, prompt, num_beams, max_new)
     scores = beams.first_scores                      # (B * num_beams, V)
-    for cur in range(T, T + max_new):
+    for step in range(max_new):
+        cur = T + step                               # tokens so far; the candidates write column cur
         logp = _log_probs(model.backend, processors, scores, running, cur, record, config)   # (B * num_beams, V)
-        candidates = _choose_candidates(model.backend, logp, running, K, cur, cur - T, rng)   # (B, K) best first
+        candidates = _choose_candidates(model.backend, logp, running, K, cur, step, rng)      # (B, K) best first
         ended = any_stop(stopping, candidates.sequences[:, :, :cur + 1].reshape(B * K, cur + 1)).reshape(B, K)
-        running, parents = _keep_running_beams(candidates, ended, num_beams, cur - T)
-        finished = _finish_hypotheses(finished, candidates, ended, improvable, cur + 1 - T, config)
-        improvable = _still_improvable(improvable, running, finished, cur + 1 - T, max_new, config)
+        running, parents = _keep_running_beams(candidates, ended, num_beams, step)
+        finished = _finish_hypotheses(finished, candidates, ended, improvable, step + 1, config)
+        improvable = _still_improvable(improvable, running, finished, step + 1, max_new, config)
         if not _any_unfinished(improvable, finished, ended, config):
             break
         scores = beams.advance(parents, running.sequences[:, :, cur].reshape(-1))
@@ -150,7 +150,7 @@ def _choose_candidates(backend, logp, running: _Beams, K: int, cur: int, step: i
 def _keep_running_beams(candidates: _Beams, ended: np.ndarray, num_beams: int, step: int):
     """Keep running beams: the best num_beams candidates that did not end (an ended one scores -1e9 more). Returns
     them and parents (B * num_beams,), the flat running row each new beam continues (for the cache reorder)."""
-    alive = dataclasses.replace(candidates, scores=candidates.scores + ended.astype(np.float32) * NEG)
+    alive = _Beams(candidates.sequences, candidates.scores + ended.astype(np.float32) * NEG, candidates.beam_rows)
     _, keep = top_k(alive.scores, num_beams)                                 # (B, num_beams)
     running = alive.take(keep)
     return running, running.beam_rows[:, :, step].reshape(-1)
@@ -169,8 +169,8 @@ def _finish_hypotheses(finished: _Beams, candidates: _Beams, ended: np.ndarray, 
     normalised = normalised + full.astype(np.float32) * NEG
     normalised = normalised + (~improvable[:, None]).astype(np.float32) * NEG
     normalised = normalised + (~just_finished).astype(np.float32) * NEG
-    entering = dataclasses.replace(candidates, scores=normalised, lengths=np.full((B, K), generated),
-                                   is_finished=just_finished)
+    entering = _Beams(candidates.sequences, normalised, candidates.beam_rows, np.full((B, K), generated),
+                      just_finished)
     merged = finished.join(entering)                                         # (B, num_beams + K)
     _, best = top_k(merged.scores, num_beams)
     return merged.take(best)

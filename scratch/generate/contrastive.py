@@ -22,7 +22,7 @@ from scratch.generate.processors import apply, build_processors
 from scratch.generate.prompt import new_token_budget
 from scratch.generate.selection import top_k
 from scratch.generate.stopping import any_stop, build_stopping
-from scratch.nn import linear, softmax
+from scratch.nn import softmax
 
 __all__ = ["contrastive_search", "with_hidden_states", "degeneration_penalty"]
 
@@ -33,7 +33,7 @@ def with_hidden_states(model):
 
     def run(ids, cache=None, attention_mask=None):
         hidden = model.hidden_states(ids, cache=cache, attention_mask=attention_mask)   # (B, T, C)
-        return hidden, linear(hidden, model.head)                                      # (B, T, C) @ (C, V) -> (B, T, V)
+        return hidden, model.head(hidden)                                              # (B, T, C) -> (B, T, V)
     return run
 
 

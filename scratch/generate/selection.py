@@ -27,14 +27,14 @@ def top_k(scores, k: int):
     then a sort of the k chosen only. Same values and indices as the reference, ties included."""
     xp = backends.namespace_of(scores)
     n = scores.shape[-1]
-    if k >= n or not hasattr(xp, "argpartition"):
+    if n <= 4 * k or not hasattr(xp, "argpartition"):    # short rows (beam bookkeeping): sorting them is cheaper
         return top_k_reference(scores, k)
     chosen = xp.sort(xp.argpartition(scores, n - k, axis=-1)[:, n - k:], axis=-1)   # (B, k) the k largest, by index
     values = xp.take_along_axis(scores, chosen, axis=-1)
-    # subtle: when more entries equal the k-th value than places are left for them, argpartition keeps any of
-    # them and the reference the lowest indices. Rare (dead beams at -1e9, rows of -inf): then use the reference.
+    # subtle: when an entry left out equals the k-th value, argpartition may have kept any of the equal entries,
+    # the reference keeps the lowest indices. Rare (dead beams at -1e9, rows of -inf): then use the reference.
     kth = xp.min(values, axis=-1, keepdims=True)                                 # (B, 1)
-    if bool(xp.any(xp.sum(scores == kth, axis=-1) != xp.sum(values == kth, axis=-1))):
+    if bool(xp.any(xp.count_nonzero(scores >= kth, axis=-1) > k)):
         return top_k_reference(scores, k)
     best_first = xp.argsort(-values, axis=-1, stable=True)                       # ties by index
     return (xp.take_along_axis(values, best_first, axis=-1),

@@ -30,9 +30,9 @@ def test_top_k_fast_path_equals_the_sort_oracle(rows, n, data):
 
 
 @FIXTURE_OK
-@given(st.integers(1, 3), st.integers(2, 40), st.data())
+@given(st.integers(1, 3), st.integers(2, 60), st.data())
 def test_top_k_equals_the_oracle_with_ties(backend, rows, n, data):
-    k = data.draw(st.integers(1, n))
+    k = data.draw(st.integers(1, max(1, n // 5)))          # mostly rows long enough for the partial selection
     values = data.draw(st.lists(st.sampled_from(TIED), min_size=rows * n, max_size=rows * n))
     scores = backend.asarray(np.array(values, dtype=np.float32).reshape(rows, n), dtype="float32")
     fast_values, fast_index = top_k(scores, k)
@@ -48,7 +48,9 @@ def test_top_k_ties_lower_index_first(backend):
         values, index = select(scores, 3)
         assert backend.to_numpy(index).tolist() == [[1, 2, 4]]
         assert backends.namespace_of(values) is backend.xp
-    _, index = top_k(backend.asarray(np.array([[3.0, 1.0, 1.0, 1.0, 0.0]], dtype=np.float32)), 2)
+    row = np.zeros((1, 12), dtype=np.float32)
+    row[0, :4] = [3.0, 1.0, 1.0, 1.0]
+    _, index = top_k(backend.asarray(row), 2)
     assert backend.to_numpy(index).tolist() == [[0, 1]]          # three tied for 2nd place: the lowest index
 
 
