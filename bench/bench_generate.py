@@ -137,7 +137,8 @@ def matmul_floor(ours, hf, np, torch, rounds: int = 3) -> None:
     stream the weights once per step. A generate() ratio cannot exceed this floor ratio by much, since both sides
     also pay everything else."""
     names = ("qkv_w", "attn_proj_w", "fc_w", "proj_w")
-    ours_mats = [getattr(layer, n) for layer in ours.layers for n in names] + [ours.head]       # (C_in, C_out)
+    ours_mats = [getattr(layer, n) for layer in ours.layers for n in names]                    # (C_in, C_out)
+    ours_mats.append(ours.token_embedding.columns)                                            # the head, (C, V)
     hf_mats = [m.weight for block in hf.transformer.h
                for m in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj)]   # Conv1D (in, out)
 
