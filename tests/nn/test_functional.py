@@ -81,6 +81,19 @@ def test_linear_bias_of_another_dtype_or_shape_still_promotes_and_broadcasts():
     assert y.dtype == np.float16 and (y == 4.0).all()
 
 
+@given(st.integers(0, 2 ** 32 - 1), st.integers(1, 3), st.integers(1, 5), st.integers(1, 9), st.booleans())
+def test_linear_equals_the_plain_formula(seed, batch_dims, rows, c_out, with_bias):
+    """linear's two speed-ups (one (B*T, C) BLAS product instead of B batched ones; the bias added in place into its
+    own fresh result) compute x @ w + b: the plain formula, to float32 rounding (the BLAS may block sums apart)."""
+    rng = np.random.default_rng(seed)
+    x = host(rng, *([2] * (batch_dims - 1)), rows, 7)
+    w, b = host(rng, 7, c_out), host(rng, c_out) if with_bias else None
+    plain = np.matmul(x, w) + (b if with_bias else 0.0)
+    out = F.linear(x, w, b)
+    assert out.dtype == np.float32 and out.shape == plain.shape
+    np.testing.assert_allclose(out, plain, rtol=1e-6, atol=1e-6)
+
+
 def test_layer_norm_names_a_wrong_parameter_shape():
     x = np.ones((2, 4), np.float32)
     with pytest.raises(ValueError, match=r"layer_norm: bias must be \(C,\) = \(4,\), got \(1, 4\)"):
