@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import numbers
 
-import backends
-
 __all__ = ["KVCache", "kv_bytes_per_token"]
 
 
@@ -32,8 +30,6 @@ class KVCache:
 
     def __init__(self, xp, n_layers: int, batch_size: int, n_kv_heads: int, max_length: int, head_dim: int,
                  dtype="float32"):
-        if isinstance(xp, backends.Backend):    # TODO(lead): drop Backend once models pass xp
-            xp = xp.xp
         for name, value in (("n_layers", n_layers), ("batch_size", batch_size), ("n_kv_heads", n_kv_heads),
                             ("max_length", max_length), ("head_dim", head_dim)):
             if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0:

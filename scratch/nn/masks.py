@@ -19,8 +19,6 @@ def causal_mask(T: int, S: int, xp):
     A one-token decoding step (T = 1) sees every key; a prefill (T = S) is the plain lower triangle. Broadcasts
     against (B, 1, T, S). `xp` is the namespace to build it in (the mask depends on no array).
     """
-    if isinstance(xp, backends.Backend):    # TODO(lead): drop Backend once models pass xp
-        xp = xp.xp
     if not (0 <= T <= S):
         raise ValueError(f"causal_mask: need 0 <= T <= S, got T={T}, S={S}")
     query_pos = xp.reshape(xp.arange(S - T, S, dtype=xp.int64), (T, 1))   # (T, 1) absolute positions

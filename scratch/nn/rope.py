@@ -40,8 +40,6 @@ def rope_inv_freq(head_dim: int, theta: float = 10000.0, scaling=None, *, xp=Non
     inv_freq = _rescaled(inv_freq, scaling)       # context extension ("linear", "llama3"); "default" keeps it
     if xp is None:
         return inv_freq.astype(np.float32 if dtype is None else dtype)
-    if isinstance(xp, backends.Backend):          # TODO(lead): drop Backend once models pass xp
-        xp = xp.xp
     if dtype is None or isinstance(dtype, str):
         dtype = getattr(xp, dtype or "float32")
     return xp.asarray(inv_freq, dtype=dtype)
