@@ -63,8 +63,8 @@ from scratch.train.layers import (
     swiglu_backward,
     swiglu_forward,
 )
-from scratch.train.model_grads import loss_and_grads, named_parameters
 from scratch.train.loop import NonFiniteLossError, Trainer, TrainResult, TrainSettings, save_model
+from scratch.train.model_grads import loss_and_grads, named_parameters
 from scratch.train.optim import (
     EMBEDDING_NAMES,
     SGD,

@@ -175,8 +175,10 @@ class MixedPrecision:
     def loss_and_grads(self, input_ids, targets, checkpointing: bool = False):
         """(loss, grads): the float16 model's loss (a float, unscaled) and the gradients of S * loss, widened to
         float32 and keyed like `master` -- to be summed over micro-batches, then passed to step()."""
-        loss, grads = self._loss_and_grads(self.compute_model, input_ids, targets, checkpointing=checkpointing,
-                                           loss_scale=self.scaler.get_scale())
+        # an overflow here is expected and handled (the scaler skips the step): NumPy need not warn about it
+        with np.errstate(over="ignore", invalid="ignore"):
+            loss, grads = self._loss_and_grads(self.compute_model, input_ids, targets, checkpointing=checkpointing,
+                                               loss_scale=self.scaler.get_scale())
         xp = backends.namespace_of(*grads.values())
         return loss, {name: xp.astype(g, xp.float32) for name, g in grads.items()}
 

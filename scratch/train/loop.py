@@ -284,6 +284,9 @@ class Trainer:
                         self.rng.bit_generator.state = rng_state
                     raise                                      # (else it finished: Ctrl-C came during the update)
                 last = self.step == s.steps
+                if self.result.skipped and self.result.skipped[-1] == self.step:
+                    self.log(f"step {self.step:>{len(str(s.steps))}}/{s.steps} | skipped: the float16 gradients "
+                             f"overflowed; loss scale now {self.amp.scaler.get_scale():g}")
                 if s.log_every and (self.step % s.log_every == 0 or self.step == start_step + 1 or last):
                     now = time.perf_counter()
                     rate = (self.step - window_step) * s.tokens_per_step / max(now - window_time, 1e-9)
@@ -313,8 +316,6 @@ class Trainer:
                 f"{tokens_per_second:,.0f} tok/s | ETA {eta}")
         if self.amp is not None:
             line += f" | scale {self.amp.scaler.get_scale():g}"
-            if self.result.skipped and self.result.skipped[-1] == self.step:
-                line += " (step skipped: inf/NaN gradients)"
         return line
 
     # ---------------------------------------------------------------- checkpoints
@@ -394,7 +395,8 @@ class Trainer:
         state = read_trainer_state(folder)
         saved = TrainSettings.from_dict(state["settings"])
         if saved != self.settings:
-            changed = [f.name for f in fields(TrainSettings) if getattr(saved, f.name) != getattr(self.settings, f.name)]
+            changed = [f.name for f in fields(TrainSettings)
+                       if getattr(saved, f.name) != getattr(self.settings, f.name)]
             raise ValueError(f"checkpoint {folder} was trained with other settings ({', '.join(changed)} differ); "
                              f"resume with the saved ones (TrainSettings.from_dict of its trainer.json)")
         self.load_weights(folder)

@@ -21,7 +21,8 @@ from scratch.models.presets import context_length, format_bytes, format_count, p
 
 __all__ = ["PRECISIONS", "LORA_DEFAULT_TARGETS", "lora_module_shapes", "lora_parameters", "ModelStates",
            "model_states", "zero_per_gpu", "deepspeed_estimate", "korthikanti_bytes_per_token",
-           "activation_bytes_per_token", "stored_bytes_per_token", "measured_tape_bytes", "training_report"]
+           "activation_bytes_per_token", "stored_bytes_per_token", "measured_tape_bytes", "training_report",
+           "tricks_table"]
 
 # Bytes per parameter: (weights, gradients, float32 master weights, optimizer moments) for AdamW.
 PRECISIONS: dict[str, tuple[int, int, int, int]] = {
@@ -124,7 +125,7 @@ def model_states(config: Config, precision: str = "mixed", lora_r: int | None = 
 
 def zero_per_gpu(states: ModelStates, gpus: int, stage: int) -> dict[str, int]:
     """Model-state bytes on each of `gpus` data-parallel GPUs under ZeRO `stage` (0: plain data parallel, every GPU
-    holds everything; 1: optimizer states / N; 2: + gradients / N; 3: + weights / N). Ceil division: a shard rounds up."""
+    holds everything; 1: optimizer states / N; 2: + gradients / N; 3: + weights / N). A shard rounds up."""
     if not (isinstance(gpus, int) and gpus >= 1):
         raise ValueError(f"gpus must be a positive int, got {gpus!r}")
     if stage not in (0, 1, 2, 3):
@@ -282,26 +283,57 @@ def training_report(name: str, config: Config, lora_r: int | None = None, lora_t
     ]
     h, a, layers = _width(config), _heads(config), _layers(config)
     paper = activation_bytes_per_token(config, seq_len, checkpointing)
-    formula = (f"2h x {layers} layers + one layer's 34h + 5as" if checkpointing else f"(34h + 5as) x {layers} layers")
+    formula = (f"2h x {layers} + one layer's 34h + 5as" if checkpointing else f"(34h + 5as) x {layers} layers")
     rows += [
         ("activations", f"{format_bytes(paper['total'])}/token",
-         f"Korthikanti et al. 2022, 16-bit: {formula} + 4V float32 logits; h={h}, a={a}, s={seq_len}"
-         + (", recomputed per block" if checkpointing else "")),
+         f"Korthikanti et al. 2022, 16-bit: {formula} + 4V logits; h={h} a={a} s={seq_len}"),
     ]
     if isinstance(config, (GPT2Config, LlamaConfig)):
         compute = "float16" if precision == "mixed" else "float32"
         ours = stored_bytes_per_token(config, seq_len, compute, checkpointing)
         rows.append(("  scratch.train", f"{format_bytes(ours['total'])}/token",
-                     f"what our backward keeps: {compute} compute, no dropout (stored_bytes_per_token)"))
+                     f"what our backward keeps ({compute} compute, no dropout)"))
     rows.append((f"  x {seq_len} tokens", format_bytes(paper["total"] * seq_len),
-                 "one sequence of the batch (Korthikanti)"))
+                 "one sequence (Korthikanti)"))
     if gpus > 1 or zero:
         shard = zero_per_gpu(states, gpus, zero)
         rows.append((f"ZeRO-{zero}, {gpus} GPUs", f"{format_bytes(shard['total'])}/GPU",
-                     f"model states: weights {format_bytes(shard['weights'])}, gradients "
-                     f"{format_bytes(shard['gradients'])}, optimizer {format_bytes(shard['optimizer'])}"))
+                     (f"model states: weights {format_bytes(shard['weights'])}, gradients "
+                      f"{format_bytes(shard['gradients'])}, optimizer {format_bytes(shard['optimizer'])}")))
     label_width = max(len(label) for label, _, _ in rows)
     value_width = max(len(value) for _, value, _ in rows)
     lines = [f"{name}: training memory, {what}, AdamW, {recipe}"]
     lines += [f"{label:<{label_width}}  {value:>{value_width}}  {note}" for label, value, note in rows]
+    return "\n".join(lines)
+
+
+def tricks_table(config: Config, seq_len: int, lora_r: int = 8, gpus: int = 8) -> str:
+    """A markdown table of what each trick saves for one model (docs/finetuning.md): model states, and activations
+    of one seq_len-token sequence by Korthikanti et al. (16-bit) and by what scratch.train keeps (its compute dtype),
+    for full fine-tuning in float32 and mixed precision, with checkpointing, with LoRA, and with ZeRO-3."""
+    full, lora = model_states(config, "mixed"), model_states(config, "mixed", lora_r)
+    fp32 = model_states(config, "fp32")
+    ours = isinstance(config, (GPT2Config, LlamaConfig))
+
+    def acts(checkpointing: bool, dtype: str | None) -> tuple[str, str]:
+        paper = "-" if dtype == "float32" else format_bytes(
+            activation_bytes_per_token(config, seq_len, checkpointing)["total"] * seq_len)
+        mine = format_bytes(stored_bytes_per_token(config, seq_len, dtype or "float16", checkpointing)["total"]
+                            * seq_len) if ours else "-"
+        return paper, mine
+
+    rows = [
+        ("full, float32", fp32.trainable, format_bytes(fp32.total), *acts(False, "float32")),
+        ("full, mixed precision", full.trainable, format_bytes(full.total), *acts(False, None)),
+        ("full, mixed, checkpointing", full.trainable, format_bytes(full.total), *acts(True, None)),
+        (f"full, mixed, ZeRO-3 on {gpus} GPUs", full.trainable,
+         f"{format_bytes(zero_per_gpu(full, gpus, 3)['total'])} per GPU", *acts(False, None)),
+        (f"LoRA r={lora_r}, mixed", lora.trainable, format_bytes(lora.total), *acts(False, None)),
+        (f"LoRA r={lora_r}, mixed, checkpointing", lora.trainable, format_bytes(lora.total), *acts(True, None)),
+    ]
+    header = (f"| setup | trainable | model states | activations, {seq_len} tokens (Korthikanti) | "
+              "activations (scratch.train) |")
+    lines = [header, "|---|---:|---:|---:|---:|"]
+    lines += [f"| {setup} | {format_count(trainable)} | {states} | {paper} | {mine} |"
+              for setup, trainable, states, paper, mine in rows]
     return "\n".join(lines)

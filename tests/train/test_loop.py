@@ -171,9 +171,11 @@ def test_mixed_precision_skips_overflowing_steps_and_stops_when_they_persist(tok
             grads[first][...] = np.inf                              # a float16 gradient that overflowed
         return loss, grads
 
-    trainer = Trainer(fresh_model(), *token_files, settings, log=None, loss_and_grads=overflow)
+    lines = []
+    trainer = Trainer(fresh_model(), *token_files, settings, log=lines.append, loss_and_grads=overflow)
     result = trainer.run()
     assert result.skipped == [2, 4] and sorted(result.losses) == [1, 2, 3, 4]
+    assert "step 2/4 | skipped: the float16 gradients overflowed; loss scale now 32768" in lines
     assert trainer.amp.scaler.get_scale() == 2.0**14                # halved twice
 
     def always_overflow(model, input_ids, targets, **kwargs):

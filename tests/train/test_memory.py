@@ -4,6 +4,10 @@ formula, and our own stored-activation formula checked against the bytes the tra
 (GPT-2 and Llama, float32 and float16, with and without checkpointing)."""
 from __future__ import annotations
 
+import re
+import shlex
+from pathlib import Path
+
 import pytest
 
 import scratch.models
@@ -17,8 +21,11 @@ from scratch.train.memory import (
     model_states,
     stored_bytes_per_token,
     training_report,
+    tricks_table,
     zero_per_gpu,
 )
+
+FINETUNING_PAGE = Path(__file__).resolve().parents[2] / "docs" / "finetuning.md"
 
 LLAMA2_7B = 6_738_415_616                     # transformers' num_parameters() of Llama-2-7b-hf
 SMALL = GPT2Config(vocab_size=100, n_positions=16, n_embd=8, n_layer=2, n_head=2)
@@ -112,7 +119,7 @@ def test_report_prints_the_numbers():
     assert "100.41 GiB" in text and "16.00 B per parameter" in text and "ZeRO-3, 8 GPUs" in text
     assert "12.55 GiB/GPU" in text                                        # 16 B * 6.74e9 / 8
     lora = training_report("llama-2-7b", get_preset("llama-2-7b"), lora_r=8, checkpointing=True)
-    assert "trainable 4,194,304 (0.06%)" in lora and "recomputed per block" in lora
+    assert "trainable 4,194,304 (0.06%)" in lora and "2h x 32 + one layer's 34h + 5as" in lora
 
 
 def test_scratch_info_training_command(capsys):
@@ -126,3 +133,17 @@ def test_scratch_info_training_command(capsys):
     assert main(["info", "gpt2", "--lora", "8"]) == 2
     assert "add --training" in capsys.readouterr().err
     assert main(["info", "--training"]) == 2
+
+
+def test_docs_page_shows_what_the_commands_print(capsys):
+    """docs/finetuning.md pastes `scratch info ... --training` outputs and a tricks_table: they must still hold."""
+    from scratch.cli import main
+
+    page = FINETUNING_PAGE.read_text(encoding="utf-8")
+    shown = re.findall(r"```text\n\$ (scratch info [^\n]+)\n(.*?)```", page, re.DOTALL)
+    assert len(shown) >= 3
+    for command, output in shown:
+        assert main(shlex.split(command)[1:]) == 0
+        assert capsys.readouterr().out == output, command
+    table = re.search(r"<!-- tricks_table: (\S+) (\d+) -->\n(.*?)\n\n", page, re.DOTALL)
+    assert table.group(3) == tricks_table(get_preset(table.group(1)), int(table.group(2)))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,7 +45,7 @@ def test_train_writes_a_model_folder(corpus, tmp_path, capsys):
     model = scratch.models.load(out)
     tokenizer = load_tokenizer(out)
     assert model.n_vocab == tokenizer.n_vocab == 280
-    text = open(corpus[0], encoding="utf-8").read()
+    text = Path(corpus[0]).read_text(encoding="utf-8")
     assert tokenizer.decode(tokenizer.encode(text)) == text
     eot = tokenizer.encode("<|endoftext|>", allowed_special="all")
     assert len(eot) == 1 and model.config.eos_token_id == eot[0]
@@ -79,7 +80,7 @@ def test_ctrl_c_exits_130_and_resume_finishes_like_an_uninterrupted_run(corpus, 
 
 
 def test_config_json_path_and_reused_tokenizer(corpus, tmp_path):
-    tokenizer = BPETokenizer.train([open(f, encoding="utf-8").read() for f in corpus], 270)
+    tokenizer = BPETokenizer.train([Path(f).read_text(encoding="utf-8") for f in corpus], 270)
     tokenizer.save(tmp_path / "tok.json")
     llama = LlamaConfig(vocab_size=1, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
