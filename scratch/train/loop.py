@@ -243,7 +243,10 @@ class Trainer:
                     raise NonFiniteLossError(f"step {step}: the training loss is {loss}; stopping (lower the "
                                              f"learning rate, or resume from the last checkpoint)")
                 if s.max_grad_norm is not None:
-                    clip_grad_norm(grads, s.max_grad_norm)
+                    norm = float(clip_grad_norm(grads, s.max_grad_norm))   # one read back, as the loss's
+                    if not math.isfinite(norm):                 # a finite loss, but inf/NaN gradients: the update
+                        raise NonFiniteLossError(f"step {step}: the gradient norm is {norm}; stopping before the "
+                                                 f"update would spread it into the weights")
                 self.optimizer.step(grads)
             self.step = step
             self.result.losses[step] = loss

@@ -158,6 +158,20 @@ def test_a_non_finite_loss_stops_naming_the_step(token_files):
     assert any(not np.array_equal(before[n], a) for n, a in weights(trainer.model).items())   # 2 steps were taken
 
 
+def test_non_finite_gradients_stop_before_the_update(token_files):
+    def nan_gradient(model, input_ids, targets, **kwargs):
+        loss, grads = train.loss_and_grads(model, input_ids, targets, **kwargs)
+        grads[next(iter(grads))][0, 0] = np.nan
+        return loss, grads
+
+    trainer = Trainer(fresh_model(), *token_files, SETTINGS, log=None, loss_and_grads=nan_gradient)
+    before = weights(trainer.model)
+    with pytest.raises(NonFiniteLossError, match="step 1: the gradient norm is nan"):
+        trainer.run()
+    after = weights(trainer.model)
+    assert trainer.step == 0 and all(np.array_equal(before[n], after[n]) for n in before)
+
+
 def test_mixed_precision_skips_overflowing_steps_and_stops_when_they_persist(token_files):
     settings = TrainSettings(**{**SETTINGS.__dict__, "mixed_precision": True, "steps": 4, "eval_every": 0,
                                 "max_skipped_steps": 2})
