@@ -11,12 +11,19 @@ Shapes: B batch, T time, C channels, H heads, D head dim, V vocab, F MLP width (
 from __future__ import annotations
 
 import backends
-from scratch.nn import causal_mask, merge_heads, split_heads
-from scratch.train.decoder import Gradients, Projection, merge_qkv_grads, project, project_backward, split_qkv
+from scratch.nn import merge_heads, split_heads
+from scratch.train.decoder import (
+    Gradients,
+    Projection,
+    causal_attention_backward,
+    causal_attention_forward,
+    merge_qkv_grads,
+    project,
+    project_backward,
+    split_qkv,
+)
 from scratch.train.layers import (
     ACTIVATIONS,
-    attention_backward,
-    attention_forward,
     embedding_backward,
     embedding_forward,
     layer_norm_backward,
@@ -70,8 +77,8 @@ def named_parameters(model) -> dict:
 
 
 def prepare(model, T: int):
-    """What every block of a T-token batch shares: the causal mask (T, T)."""
-    return causal_mask(T, T, model.backend.xp)
+    """What every block of a T-token batch shares: nothing for GPT-2 (its positions were added at the input)."""
+    return None
 
 
 # --- input: token + position embeddings ----------------------------------------------------------------------------
@@ -100,7 +107,7 @@ def embed_backward(model, dx, cache, grads: Gradients) -> None:
 
 # --- one block -----------------------------------------------------------------------------------------------------
 
-def block_forward(model, i: int, x, mask):
+def block_forward(model, i: int, x, context=None):
     """Block i: x + attn(LN1(x)), then + MLP(LN2(x)). x (B, T, C) -> (B, T, C), cache."""
     config, layer = model.config, model.layers[i]
     H, D, eps = config.n_head, config.head_dim, config.layer_norm_epsilon
@@ -109,7 +116,7 @@ def block_forward(model, i: int, x, mask):
     h, ln_1 = layer_norm_forward(x, layer.ln_1_w, layer.ln_1_b, eps)
     qkv, c_attn = project(h, projections["c_attn"])                   # (B, T, 3C)
     q, k, v = split_qkv(qkv, H, H, D)                                  # each (B, H, T, D)
-    y, attn = attention_forward(q, k, v, mask=mask)                    # (B, H, T, D)
+    y, attn = causal_attention_forward(q, k, v)                        # (B, H, T, D), causal
     a, attn_c_proj = project(merge_heads(y), projections["attn_c_proj"])
     x = x + a
     h, ln_2 = layer_norm_forward(x, layer.ln_2_w, layer.ln_2_b, eps)
@@ -135,7 +142,7 @@ def block_backward(model, i: int, dout, cache, grads: Gradients):
     dx += dout                                                         # the residual path
     # x = x_in + attn_c_proj(merge_heads(attention(split_qkv(c_attn(ln_1(x_in))))))
     dy = split_heads(project_backward(dx, attn_c_proj, grads), config.n_head)    # (B, H, T, D)
-    dq, dk, dv = attention_backward(dy, attn)
+    dq, dk, dv = causal_attention_backward(dy, attn)
     dh = project_backward(merge_qkv_grads(dq, dk, dv), c_attn, grads)          # (B, T, C)
     dx_in, dweight, dbias = layer_norm_backward(dh, ln_1)
     grads.put(prefix + "ln_1.weight", dweight)

@@ -11,12 +11,19 @@ Shapes: B batch, T time, C channels, H heads, Hkv kv heads, D head dim, V vocab,
 from __future__ import annotations
 
 import backends
-from scratch.nn import causal_mask, merge_heads, split_heads
-from scratch.train.decoder import Gradients, Projection, merge_qkv_grads, project, project_backward, split_qkv
+from scratch.nn import merge_heads, split_heads
+from scratch.train.decoder import (
+    Gradients,
+    Projection,
+    causal_attention_backward,
+    causal_attention_forward,
+    merge_qkv_grads,
+    project,
+    project_backward,
+    split_qkv,
+)
 from scratch.train.layers import (
     ACTIVATIONS,
-    attention_backward,
-    attention_forward,
     embedding_backward,
     embedding_forward,
     rms_norm_backward,
@@ -79,9 +86,8 @@ def named_parameters(model) -> dict:
 
 
 def prepare(model, T: int):
-    """What every block of a T-token batch shares: RoPE's cos, sin (1, 1, T, D) and the causal mask (T, T)."""
-    cos, sin = model.rope_cos_sin(0, T)
-    return cos, sin, causal_mask(T, T, model.backend.xp)
+    """What every block of a T-token batch shares: RoPE's cos, sin (1, 1, T, D)."""
+    return model.rope_cos_sin(0, T)
 
 
 # --- input: token embeddings ---------------------------------------------------------------------------------------
@@ -128,14 +134,14 @@ def block_forward(model, i: int, x, context):
     """Block i: x + attn(RMSNorm(x)), then + gated MLP(RMSNorm(x)). x (B, T, C) -> (B, T, C), cache."""
     config, layer = model.config, model.layers[i]
     H, Hkv, D, F = config.num_attention_heads, config.num_key_value_heads, config.head_dim, config.intermediate_size
-    cos, sin, mask = context
+    cos, sin = context
     projections = layer_projections(model, i)
     h, attn_norm = rms_norm_forward(x, layer.attn_norm_w, config.rms_norm_eps)
     qkv, qkv_proj = project(h, projections["qkv"])                       # (B, T, (H + 2 Hkv) D)
     q, k, v = split_qkv(qkv, H, Hkv, D)                                  # (B, H, T, D), (B, Hkv, T, D) x 2
     q, rope_q = rope_forward(q, cos, sin, layout="half")
     k, rope_k = rope_forward(k, cos, sin, layout="half")
-    y, attn = attention_forward(q, k, v, mask=mask)                      # (B, H, T, D)
+    y, attn = causal_attention_forward(q, k, v)                          # (B, H, T, D), causal
     a, o_proj = project(merge_heads(y), projections["o"])                # (B, T, C)
     x = x + a
     h, mlp_norm = rms_norm_forward(x, layer.mlp_norm_w, config.rms_norm_eps)
@@ -160,7 +166,7 @@ def block_backward(model, i: int, dout, cache, grads: Gradients):
     dx += dout                                                           # the residual path
     # x = x_in + o(merge_heads(attention(rope(q), rope(k), v))),  [q | k | v] = qkv(rms_norm(x_in))
     dy = split_heads(project_backward(dx, o_proj, grads), config.num_attention_heads)   # (B, H, T, D)
-    dq, dk, dv = attention_backward(dy, attn)
+    dq, dk, dv = causal_attention_backward(dy, attn)
     dq, dk = rope_backward(dq, rope_q), rope_backward(dk, rope_k)
     dh = project_backward(merge_qkv_grads(dq, dk, dv), qkv_proj, grads)  # (B, T, C)
     dx_in, dweight = rms_norm_backward(dh, attn_norm)

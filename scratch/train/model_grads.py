@@ -93,7 +93,7 @@ class Tape:
 
     model: Any
     architecture: Any           # gpt2_grads or llama_grads
-    context: Any                # what every block shares (mask; RoPE's cos, sin)
+    context: Any                # what every block shares (Llama: RoPE's cos, sin)
     embed_cache: Any
     kept: list                  # per block: its cache, or (checkpointing) its input x (B, T, C)
     head_cache: Any

@@ -6,7 +6,8 @@ shapes and views (named_parameters); the training forward equals model(ids) bit 
 equal torch's (float64 to 1e-8 relative, float32 to 1e-4) on a batch with ignored (-100) targets -- GPT-2 with both
 GELUs, Llama with GQA + llama3 RoPE + tied head, MQA + untied head + head_dim != C/H, MHA + biases + linear RoPE +
 a tanh-GELU gate; checkpointing gives identical gradients (==); loss_scale scales them exactly; 10 AdamW steps give
-torch's losses step by step; bad input is refused with a message naming it.
+torch's losses step by step; blocked causal attention equals one masked call (hypothesis); the memory formula is
+the tape past one attention block; bad input is refused with a message naming it.
 """
 from __future__ import annotations
 
@@ -16,13 +17,16 @@ import types
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 import torch.nn.functional as TF
 import transformers
 
 import scratch.models
 from scratch import train
 from scratch.models import BertConfig
-from scratch.train import model_grads
+from scratch.nn import causal_mask
+from scratch.train import decoder, layers, memory, model_grads
 
 # initializer_range 0.1 and randomised 1-D parameters, so every term (biases, norm gains) matters.
 GPT2_KW = dict(vocab_size=67, n_positions=32, n_embd=32, n_layer=2, n_head=4, initializer_range=0.1,
@@ -41,6 +45,9 @@ LLAMA_VARIANTS = {
                                         hidden_act="gelu_pytorch_tanh"),
 }
 B, T = 2, 12
+# The backend fixture is stateless, so reusing it across hypothesis examples is safe.
+FD_SETTINGS = settings(max_examples=15, deadline=None,
+                       suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 # float64 agrees to ~1e-13; float32 to ~1e-6 (summation order inside matmuls). scratch.nn's erf is float32-accurate
 # (~1e-7) even in float64, so the exact-GELU GPT-2 is held to 1e-6 in float64.
 TOL = {"float64": 1e-8, "float32": 1e-4}
@@ -66,9 +73,11 @@ def hf_models(tmp_path_factory):
         if (family, variant) not in built:
             torch.manual_seed(0)
             if family == "gpt2":
-                model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**{**GPT2_KW, **GPT2_VARIANTS[variant]}))
+                config = transformers.GPT2Config(**{**GPT2_KW, **GPT2_VARIANTS[variant]})
+                model = transformers.GPT2LMHeadModel(config)
             else:
-                model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**LLAMA_KW, **LLAMA_VARIANTS[variant]}))
+                config = transformers.LlamaConfig(**{**LLAMA_KW, **LLAMA_VARIANTS[variant]})
+                model = transformers.LlamaForCausalLM(config)
             with torch.no_grad():
                 for p in model.parameters():
                     if p.ndim == 1:
@@ -198,6 +207,50 @@ def test_training_forward_equals_the_inference_forward(hf_any, backend):
     ids, _ = batch(model.n_vocab)
     logits, _ = model_grads.forward(model, backend.asarray(ids, dtype="int64"))
     np.testing.assert_array_equal(backend.to_numpy(logits), backend.to_numpy(model(ids)))
+
+
+def test_training_forward_past_one_attention_block_equals_the_inference_forward():
+    """Past ATTENTION_BLOCK tokens the training forward runs attention in causal query blocks and the model in its
+    own (PREFILL_BLOCK) blocks: the same values to float32 rounding."""
+    config = scratch.models.GPT2Config(vocab_size=50, n_positions=160, n_embd=32, n_layer=2, n_head=4)
+    model = scratch.models.from_config(config)
+    ids = np.random.default_rng(3).integers(0, 50, (2, 150))
+    logits, _ = model_grads.forward(model, model.backend.asarray(ids, dtype="int64"))
+    np.testing.assert_allclose(logits, model(ids), rtol=0, atol=2e-5)
+
+
+@FD_SETTINGS
+@given(T=st.integers(1, 40), block=st.integers(1, 17), heads=st.sampled_from([(4, 4), (4, 2), (3, 1)]),
+       seed=st.integers(0, 2**16))
+def test_blocked_causal_attention_equals_one_masked_call(backend, T, block, heads, seed):
+    """decoder.causal_attention_* (query blocks, each against the keys it may see) against the oracle: one
+    layers.attention_forward/backward call with the full causal mask. float64, to rounding."""
+    H, Hkv = heads
+    rng = np.random.default_rng(seed)
+    q, k, v, dout = (backend.asarray(rng.standard_normal(shape), dtype="float64")
+                     for shape in ((2, H, T, 8), (2, Hkv, T, 8), (2, Hkv, T, 8), (2, H, T, 8)))
+    out, cache = decoder.causal_attention_forward(q, k, v, block=block)
+    ref, ref_cache = layers.attention_forward(q, k, v, mask=causal_mask(T, T, backend.xp))
+    np.testing.assert_allclose(backend.to_numpy(out), backend.to_numpy(ref), rtol=0, atol=1e-13)
+    for grad, ref_grad in zip(decoder.causal_attention_backward(dout, cache),
+                              layers.attention_backward(dout, ref_cache)):
+        assert tuple(grad.shape) == tuple(ref_grad.shape)
+        np.testing.assert_allclose(backend.to_numpy(grad), backend.to_numpy(ref_grad), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_memory_formula_is_the_tape_past_one_attention_block(family):
+    """scratch.train.memory's stored_bytes_per_token counts the blocked softmax (and GELU's kept tanh): the tape
+    of a 192-token batch (three blocks) holds exactly that."""
+    if family == "gpt2":
+        config = scratch.models.GPT2Config(vocab_size=64, n_positions=192, n_embd=32, n_layer=2, n_head=4)
+    else:
+        config = scratch.models.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
+                                            num_attention_heads=4, num_key_value_heads=2,
+                                            max_position_embeddings=192)
+    model = scratch.models.from_config(config)
+    measured = memory.measured_tape_bytes(model, 2, 192)
+    assert measured["layers"] == 2 * 192 * memory.stored_bytes_per_token(config, 192)["layers"]
 
 
 # --- gradients against torch ---------------------------------------------------------------------------------------
