@@ -62,7 +62,8 @@ def segment_sums(index, values, size: int):
     array-api-strict, which has no scatter. Cost O(M log M + size); the result has `values`' dtype.
     """
     xp = _xp(index, values)
-    order = xp.argsort(index, stable=True)
+    # (CuPy's argsort is always stable and takes no `stable` keyword; NumPy's is stable only when asked)
+    order = xp.argsort(index) if backends.array_kind(index) == "cupy" else xp.argsort(index, stable=True)
     sorted_index = xp.take(index, order)                                            # (M,) ascending
     prefix = xp.cumulative_sum(xp.astype(xp.take(values, order), xp.float64), include_initial=True)   # (M+1,)
     positions = xp.arange(size, dtype=sorted_index.dtype)                           # (size,)
@@ -75,15 +76,15 @@ def index_add(target, index, values):
     """target.flat[index[m]] += values[m] for every m, repeated indices adding up; in place, returns target.
 
     target: any shape (C-contiguous on NumPy/CuPy, whose scatter works on a flat view); index (M,) integer flat
-    positions; values (M,) of target's dtype. NumPy and CuPy have an unbuffered scatter, `xp.add.at` (a plain
-    `target[index] += values` would keep only one of the repeated entries); a namespace without it (array-api-strict)
-    gets the same sums from `segment_sums`.
+    positions; values (M,) of target's dtype. NumPy has an unbuffered scatter, `np.add.at` (a plain
+    `target[index] += values` would keep only one of the repeated entries); the other namespaces get the same sums
+    from `segment_sums` -- array-api-strict has no scatter, and CuPy's add.at adds with atomics in an order that
+    changes from run to run (the last bits of a gradient would too; segment_sums repeats itself exactly).
     """
     xp = _xp(target, index, values)
-    add_at = getattr(xp.add, "at", None)
+    add_at = getattr(xp.add, "at", None) if backends.array_kind(target) == "numpy" else None
     if add_at is not None:
-        # NumPy and CuPy (the libraries with ufunc.at) both have .flags; a reshape of a non-contiguous array would be
-        # a silent copy, and the sums would land in it instead of in target.
+        # a reshape of a non-contiguous array would be a silent copy, and the sums would land in it, not in target.
         if not target.flags.c_contiguous:
             raise ValueError(f"index_add: target {tuple(target.shape)} must be C-contiguous (it is scattered into "
                              f"through a flat view)")
@@ -250,33 +251,33 @@ def gelu_backward(dout, cache):
 
 
 def gelu_tanh_forward(x):
-    """GELU, tanh approximation (GPT-2's gelu_new): scratch.nn.gelu_tanh. cache: x."""
-    return gelu_tanh(x), x
+    """GELU, tanh approximation (GPT-2's gelu_new). cache: (x, tanh(u)).
+
+    scratch.nn.gelu_tanh's formula, operation for operation (the output is bit-identical; a test pins it), written
+    out here to keep tanh(u): the backward then needs no tanh of its own, the costliest part of it.
+    """
+    xp = _xp(x)
+    x32 = _upcast(xp, x)
+    tanh_u = xp.tanh(_SQRT_2_OVER_PI * (x32 + _GELU_CUBIC * (x32 * x32 * x32)))   # tanh(u), compute dtype
+    return _cast(xp, 0.5 * x32 * (1.0 + tanh_u), x.dtype), (x, tanh_u)
 
 
 def gelu_tanh_backward(dout, cache):
     """dx = dout * (0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) du/dx), u = sqrt(2/pi) (x + 0.044715 x^3)."""
-    x = cache
+    x, tanh_u = cache
     xp = _xp(dout, x)
     x32 = _upcast(xp, x)
     # out = 0.5 * x * (1 + tanh(u)),  u = sqrt(2/pi) * (x + 0.044715 * x^3)
-    # (four buffers the size of x, finished in place: this runs on the (B, T, 4C) MLP activation)
-    u = x32 * x32
-    du_dx = u * (3.0 * _GELU_CUBIC)
-    du_dx += 1.0
-    du_dx *= _SQRT_2_OVER_PI                                  # du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2)
-    u *= _GELU_CUBIC
-    u += 1.0
-    u *= x32
-    u *= _SQRT_2_OVER_PI                                      # u
-    tanh_u = xp.tanh(u)
+    # (two buffers the size of x, finished in place: this runs on the (B, T, 4C) MLP activation)
+    minus_du_dx = x32 * x32
+    minus_du_dx *= -3.0 * _GELU_CUBIC * _SQRT_2_OVER_PI
+    minus_du_dx -= _SQRT_2_OVER_PI                            # -du/dx = -sqrt(2/pi) (1 + 3 * 0.044715 x^2)
     slope = tanh_u * tanh_u
     slope -= 1.0
-    slope *= du_dx
-    slope *= x32
-    slope *= -1.0                                             # x (1 - tanh^2 u) du/dx
-    tanh_u += 1.0
+    slope *= minus_du_dx
+    slope *= x32                                              # x (1 - tanh^2 u) du/dx
     slope += tanh_u
+    slope += 1.0
     slope *= 0.5                                              # 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) du/dx
     slope *= _upcast(xp, dout)
     return _cast(xp, slope, dout.dtype)

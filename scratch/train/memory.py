@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from scratch.models.config import BertConfig, Config, GPT2Config, LlamaConfig
 from scratch.models.presets import context_length, format_bytes, format_count, parameter_count
+from scratch.train.decoder import ATTENTION_BLOCK
 
 __all__ = ["PRECISIONS", "LORA_DEFAULT_TARGETS", "lora_module_shapes", "lora_parameters", "ModelStates",
            "model_states", "zero_per_gpu", "deepspeed_estimate", "korthikanti_bytes_per_token",
@@ -177,12 +178,15 @@ def stored_bytes_per_token(config: Config, seq_len: int, dtype: str = "float32",
     """The bytes per token that scratch.train's training forward keeps for its backward (the Tape of
     model_grads.forward, plus the cross-entropy's probabilities), for a model computing in `dtype`.
 
-    Per layer, b = bytes of dtype, h width, q = H D, kv = Hkv D, f MLP width, a heads, s sequence length:
-      GPT-2:  8 h + 8 + 7 b h + 2 b f + b a s     each LayerNorm keeps its input in float32 (4 h) and its
+    Per layer, b = bytes of dtype, h width, q = H D, kv = Hkv D, f MLP width, a heads, k the keys a query's
+    softmax row holds (attention runs in causal query blocks, each against the keys up to its last row: k = s for
+    s <= 64, (s + 64) / 2 for a multiple of 64; `_keys_per_query`):
+      GPT-2:  8 h + 8 + 7 b h + 2 b f + 4 f + b a k    each LayerNorm keeps its input in float32 (4 h) and its
                                                   normalized output (b h) and 1/std (4); attention keeps q (b h),
-                                                  the fused qkv (3 b h), the softmax (b a s) and the merged heads
-                                                  (b h); the MLP its two activations (2 b f). No dropout masks.
-      Llama:  4 b h + 8 + 3 b q + 3 b kv + 3 b f + b a s    RMSNorm keeps input and output in dtype; attention
+                                                  the fused qkv (3 b h), the softmax (b a k) and the merged heads
+                                                  (b h); the MLP its two activations (2 b f) and GELU's tanh in
+                                                  float32 (4 f). No dropout masks.
+      Llama:  4 b h + 8 + 3 b q + 3 b kv + 3 b f + b a k    RMSNorm keeps input and output in dtype; attention
                                                   the rotated q and k, the fused qkv, the softmax, the merged
                                                   heads; the SwiGLU MLP gate|up (2 b f) and its product (b f).
     Head: the final norm (as above), the ids (8), and the float32 softmax probabilities (4 V) that become
@@ -191,18 +195,27 @@ def stored_bytes_per_token(config: Config, seq_len: int, dtype: str = "float32",
     """
     b = {"float16": 2, "float32": 4, "float64": 8}[dtype]
     h, a, layers = _width(config), _heads(config), _layers(config)
+    k = _keys_per_query(seq_len)
     if isinstance(config, GPT2Config):
-        per_layer = 8 * h + 8 + 7 * b * h + 2 * b * config.n_inner + b * a * seq_len
+        per_layer = 8 * h + 8 + 7 * b * h + 2 * b * config.n_inner + max(b, 4) * config.n_inner + b * a * k
         final_norm = 4 * h + 4 + b * h
     elif isinstance(config, LlamaConfig):
         q, kv = a * config.head_dim, config.num_key_value_heads * config.head_dim
-        per_layer = 4 * b * h + 8 + 3 * b * q + 3 * b * kv + 3 * b * config.intermediate_size + b * a * seq_len
+        per_layer = 4 * b * h + 8 + 3 * b * q + 3 * b * kv + 3 * b * config.intermediate_size + b * a * k
         final_norm = 2 * b * h + 4
     else:
         raise ValueError(f"scratch.train trains GPT-2 and Llama, not {type(config).__name__}")
     stack = b * h * layers + per_layer if checkpointing else per_layer * layers
     head = final_norm + 8 + 4 * config.vocab_size
     return {"layers": stack, "head": head, "total": stack + head}
+
+
+def _keys_per_query(seq_len: int):
+    """Keys per query in the softmax the backward keeps, averaged over s queries: blocks of ATTENTION_BLOCK query
+    rows each keep their scores against the keys up to their last row (an int when it divides evenly)."""
+    total = sum((min(start + ATTENTION_BLOCK, seq_len) - start) * min(start + ATTENTION_BLOCK, seq_len)
+                for start in range(0, seq_len, ATTENTION_BLOCK))
+    return total // seq_len if total % seq_len == 0 else total / seq_len
 
 
 def _root(array):
