@@ -18,7 +18,7 @@ import backends
 from scratch.nn import apply_rope, embedding, erf, gelu, gelu_tanh, linear, silu, softmax
 
 __all__ = [
-    "index_add", "segment_sums",
+    "index_add", "segment_sums", "unique_sums",
     "embedding_forward", "embedding_backward",
     "linear_forward", "linear_backward",
     "layer_norm_forward", "layer_norm_backward",
@@ -53,6 +53,11 @@ def _sum_rows(xp, x):
 
 # --- scatter-add: the backward of a gather ------------------------------------------------------------------------
 
+def _stable_argsort(xp, index):
+    # (CuPy's argsort is always stable and takes no `stable` keyword; NumPy's is stable only when asked)
+    return xp.argsort(index) if backends.array_kind(index) == "cupy" else xp.argsort(index, stable=True)
+
+
 def segment_sums(index, values, size: int):
     """(size,) array whose entry i is the sum of the values whose index is i (0 where none): the portable scatter-add.
 
@@ -62,8 +67,7 @@ def segment_sums(index, values, size: int):
     array-api-strict, which has no scatter. Cost O(M log M + size); the result has `values`' dtype.
     """
     xp = _xp(index, values)
-    # (CuPy's argsort is always stable and takes no `stable` keyword; NumPy's is stable only when asked)
-    order = xp.argsort(index) if backends.array_kind(index) == "cupy" else xp.argsort(index, stable=True)
+    order = _stable_argsort(xp, index)
     sorted_index = xp.take(index, order)                                            # (M,) ascending
     prefix = xp.cumulative_sum(xp.astype(xp.take(values, order), xp.float64), include_initial=True)   # (M+1,)
     positions = xp.arange(size, dtype=sorted_index.dtype)                           # (size,)
@@ -72,26 +76,50 @@ def segment_sums(index, values, size: int):
     return xp.astype(xp.take(prefix, end) - xp.take(prefix, start), values.dtype)
 
 
+def unique_sums(index, values):
+    """(keys, sums): the distinct indices, ascending, and the sum of the values of each -- segment_sums without the
+    (size,) array, O(M log M) in time and O(M) in memory, the same order of additions on every run.
+
+    The same sorted running sum as segment_sums, read at the first position of each distinct index: then
+    `flat[keys] += sums` is a scatter with no repeated index, which every array library does exactly.
+    """
+    xp = _xp(index, values)
+    M = index.shape[0]
+    if M == 0:
+        return index, values
+    order = _stable_argsort(xp, index)
+    sorted_index = xp.take(index, order)                                            # (M,) ascending
+    prefix = xp.cumulative_sum(xp.astype(xp.take(values, order), xp.float64), include_initial=True)   # (M+1,)
+    first = xp.concat([xp.ones((1,), dtype=xp.bool), sorted_index[1:] != sorted_index[:-1]])   # (M,)
+    starts = xp.nonzero(first)[0]                                                   # (U,) where each key begins
+    ends = xp.concat([starts[1:], xp.asarray([M], dtype=starts.dtype)])             # (U,) one past its last
+    return xp.take(sorted_index, starts), xp.astype(xp.take(prefix, ends) - xp.take(prefix, starts), values.dtype)
+
+
 def index_add(target, index, values):
     """target.flat[index[m]] += values[m] for every m, repeated indices adding up; in place, returns target.
 
     target: any shape (C-contiguous on NumPy/CuPy, whose scatter works on a flat view); index (M,) integer flat
-    positions; values (M,) of target's dtype. NumPy has an unbuffered scatter, `np.add.at` (a plain
-    `target[index] += values` would keep only one of the repeated entries); the other namespaces get the same sums
-    from `segment_sums` -- array-api-strict has no scatter, and CuPy's add.at adds with atomics in an order that
-    changes from run to run (the last bits of a gradient would too; segment_sums repeats itself exactly).
+    positions; values (M,) of target's dtype. A plain `target[index] += values` would keep only one of the repeated
+    entries. NumPy has an unbuffered scatter, `np.add.at`; CuPy's add.at adds with atomics, in an order that changes
+    from run to run (so would a gradient's last bits), so CuPy scatters `unique_sums` instead, which repeats itself
+    exactly; array-api-strict has no scatter at all and adds the dense `segment_sums`.
     """
     xp = _xp(target, index, values)
-    add_at = getattr(xp.add, "at", None) if backends.array_kind(target) == "numpy" else None
-    if add_at is not None:
-        # a reshape of a non-contiguous array would be a silent copy, and the sums would land in it, not in target.
-        if not target.flags.c_contiguous:
-            raise ValueError(f"index_add: target {tuple(target.shape)} must be C-contiguous (it is scattered into "
-                             f"through a flat view)")
-        add_at(xp.reshape(target, (-1,)), index, values)
+    kind = backends.array_kind(target)
+    if kind == "strict":
+        target += xp.reshape(segment_sums(index, values, math.prod(target.shape)), tuple(target.shape))
+        return target
+    # a reshape of a non-contiguous array would be a silent copy, and the sums would land in it, not in target.
+    if not target.flags.c_contiguous:
+        raise ValueError(f"index_add: target {tuple(target.shape)} must be C-contiguous (it is scattered into "
+                         f"through a flat view)")
+    flat = xp.reshape(target, (-1,))
+    if kind == "numpy":
+        xp.add.at(flat, index, values)
     else:
-        size = math.prod(target.shape)
-        target += xp.reshape(segment_sums(index, values, size), tuple(target.shape))
+        keys, sums = unique_sums(index, values)
+        flat[keys] += sums
     return target
 
 
@@ -254,12 +282,21 @@ def gelu_tanh_forward(x):
     """GELU, tanh approximation (GPT-2's gelu_new). cache: (x, tanh(u)).
 
     scratch.nn.gelu_tanh's formula, operation for operation (the output is bit-identical; a test pins it), written
-    out here to keep tanh(u): the backward then needs no tanh of its own, the costliest part of it.
+    out here to keep tanh(u) -- the backward then needs no tanh of its own, the costliest part of it -- and finished
+    in two buffers: it runs on the (B, T, 4C) MLP activation.
     """
     xp = _xp(x)
     x32 = _upcast(xp, x)
-    tanh_u = xp.tanh(_SQRT_2_OVER_PI * (x32 + _GELU_CUBIC * (x32 * x32 * x32)))   # tanh(u), compute dtype
-    return _cast(xp, 0.5 * x32 * (1.0 + tanh_u), x.dtype), (x, tanh_u)
+    u = x32 * x32
+    u *= x32
+    u *= _GELU_CUBIC
+    u += x32
+    u *= _SQRT_2_OVER_PI                                      # u = sqrt(2/pi) (x + 0.044715 x^3)
+    tanh_u = xp.tanh(u)
+    out = tanh_u + 1.0
+    out *= x32
+    out *= 0.5                                                # scaling by 0.5 is exact: the same as (0.5 x) (1 + t)
+    return _cast(xp, out, x.dtype), (x, tanh_u)
 
 
 def gelu_tanh_backward(dout, cache):

@@ -324,15 +324,19 @@ def loop_index_add(size, index, values):
        dtype=st.sampled_from(["float32", "float64"]))
 def test_scatter_add_paths_agree_with_a_loop(seed, size, count, dtype):
     """Few slots, many values: every slot is hit many times. add.at (numpy's fast path), segment_sums (the strict
-    path) and a plain loop agree."""
+    path), unique_sums scattered once per key (the CuPy path) and a plain loop agree."""
     rng = np.random.default_rng(seed)
     index = rng.integers(0, size, count)
     values = rng.standard_normal(count).astype(dtype)
     expected = loop_index_add(size, index, values)
     fast = layers.index_add(np.zeros(size, dtype), index, values)
     portable = layers.segment_sums(index, values, size)
+    keys, sums = layers.unique_sums(index, values)
+    assert len(set(keys.tolist())) == len(keys)
+    by_key = np.zeros(size, dtype)
+    by_key[keys] += sums
     rel = 1e-6 if dtype == "float32" else 1e-12
-    for got in (fast, portable):
+    for got in (fast, portable, by_key):
         assert got.dtype == np.dtype(dtype) and got.shape == (size,)
         np.testing.assert_allclose(got, expected, rtol=rel, atol=rel * max(1.0, np.abs(values).sum()))
 
