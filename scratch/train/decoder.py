@@ -125,9 +125,10 @@ def merge_qkv_grads(dq, dk, dv):
 # --- causal attention in query blocks ------------------------------------------------------------------------------
 
 # Query rows per attention call. Query block [i, i+64) may attend keys 0 .. i+63 only, so it is computed against
-# those alone: at T = 256 that is 62% of the T x T scores, and each block's (B, H, 64, S) scores stay in the CPU's
-# cache -- together 40% less time than one full call (bench/bench_finetune.py; 128-row blocks gain almost nothing,
-# their scores no longer fit). The causal skipping of FlashAttention (Dao et al. 2022), without its key tiling.
+# those alone: at T = 256 that is 62% of the T x T scores (and of the softmax the backward keeps), and each block's
+# (B, H, 64, S) scores stay in the CPU's cache, where 128-row blocks no longer fit. The causal skipping of
+# FlashAttention (Dao et al. 2022), without its key tiling. On a GPU at small sizes one call is faster (each block
+# is a few more kernel launches); the blocks pay off there at long T, in memory above all.
 ATTENTION_BLOCK = 64
 
 
