@@ -119,12 +119,6 @@ class Backend:
                     f"move host data with backends.get({self.name!r}).asarray(...) first"
                 )
 
-    # TODO(lead): drop once models call check_owned; the one namespace_of is backends.namespace_of.
-    def namespace_of(self, *arrays):
-        """`xp`, after check_owned(*arrays)."""
-        self.check_owned(*arrays)
-        return self.xp
-
     # --- randomness (host-side, then transferred) ------------------------------------------------------------
     def random_uniform(self, rng: np.random.Generator, shape, dtype="float32"):
         """Uniform draws in [0, 1) made by the host generator `rng` (float64 on the host, cast on transfer)."""

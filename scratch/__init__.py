@@ -22,4 +22,7 @@ COMPONENTS = (
     ("layers", "scratch.nn", "embeddings, norms, attention, MLPs, RoPE, KV cache"),
     ("models", "scratch.models", "GPT-2, Llama 2/3.x, BERT loaded from Hugging Face folders"),
     ("generation", "scratch.generate", "greedy, beam search and sampling strategies"),
+    ("fine-tuning", "scratch.train", "backward passes, AdamW, LoRA, checkpointing, mixed precision, training loop"),
+    ("formats", "scratch.formats", "GGUF read and written, quantization, model ids from the hub cache"),
+    ("chat", "scratch.chat", "chat templates and a conversation that keeps its KV cache across turns"),
 )

@@ -175,7 +175,7 @@ class Bert:
                 host = host != 0
             attention_mask = self.backend.asarray(host, dtype="bool")
         else:
-            self.backend.namespace_of(attention_mask)
+            self.backend.check_owned(attention_mask)
         if tuple(attention_mask.shape) != shape:
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has shape {shape}")
         return padding_mask(attention_mask)

@@ -41,7 +41,8 @@ def token_ids(backend: backends.Backend, values, upper: int, name: str = "input_
             raise ValueError(f"{name} must hold integers, got dtype {host.dtype}")
         check_ids_in_range(host, upper, name)
         return backend.asarray(host, dtype="int64")
-    xp = backend.namespace_of(values)
+    backend.check_owned(values)
+    xp = backend.xp
     if values.ndim != 2:
         raise ValueError(f"{name} must be (B, T), got shape {tuple(values.shape)}")
     if not xp.isdtype(values.dtype, "integral"):

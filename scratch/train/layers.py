@@ -380,7 +380,7 @@ ACTIVATIONS = {
 # --- the two MLPs, composed from the pairs above -------------------------------------------------------------------
 
 def mlp_gelu_forward(x, w_fc, b_fc, w_proj, b_proj, approximate: str = "tanh"):
-    """proj(gelu(fc(x))), GPT-2's MLP (scratch.nn.mlp_gelu). x (..., C), w_fc (C, F), w_proj (F, C)."""
+    """proj(gelu(fc(x))), GPT-2's MLP (as scratch/models/gpt2.py's block computes it). x (..., C), w_fc (C, F), w_proj (F, C)."""
     if approximate not in ("tanh", "none"):
         raise ValueError(f"mlp_gelu_forward: approximate must be 'tanh' or 'none', got {approximate!r}")
     act_forward = gelu_tanh_forward if approximate == "tanh" else gelu_forward
@@ -401,7 +401,7 @@ def mlp_gelu_backward(dout, cache, weight_grads: bool = True):
 
 
 def mlp_swiglu_forward(x, w_gate, w_up, w_down):
-    """down(silu(gate(x)) * up(x)), Llama's MLP (scratch.nn.mlp_swiglu). x (..., C), w_gate/w_up (C, F)."""
+    """down(silu(gate(x)) * up(x)), Llama's MLP (as scratch/models/llama.py's block computes it). x (..., C), w_gate/w_up (C, F)."""
     gate, gate_cache = linear_forward(x, w_gate)               # (..., F)
     up, up_cache = linear_forward(x, w_up)                     # (..., F)
     h, swiglu_cache = swiglu_forward(gate, up)                 # (..., F)

@@ -78,7 +78,8 @@ def _targets(backend: backends.Backend, targets, shape: tuple[int, int]):
             raise ValueError(f"targets must hold integers, got dtype {host.dtype}")
         targets = backend.asarray(host, dtype="int64")
     else:
-        xp = backend.namespace_of(targets)
+        backend.check_owned(targets)
+        xp = backend.xp
         if not xp.isdtype(targets.dtype, "integral"):
             raise ValueError(f"targets must hold integers, got dtype {targets.dtype}")
         targets = targets if targets.dtype == xp.int64 else xp.astype(targets, xp.int64)
