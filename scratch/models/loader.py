@@ -5,7 +5,8 @@
 that family's `from_weights`: GPT2LMHeadModel / GPT2Model -> gpt2, LlamaForCausalLM / LlamaModel -> llama,
 BertModel / BertForMaskedLM / BertForPreTraining -> bert. `from_config(config)` builds a randomly initialised model
 of the config's family (same seed, same weights on every backend). A GGUF file (llama.cpp's format, quantised or
-not) is handed to scratch.models.gguf. Not here: PyTorch .bin files.
+not) is handed to scratch.models.gguf. `load(folder, adapter=DIR)` merges a PEFT LoRA adapter into the weights as
+they are read (scratch.models.adapter). Not here: PyTorch .bin files.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from scratch.formats.gguf import is_gguf
 from scratch.formats.hub import resolve_model_id
+from scratch.models.adapter import merge_adapter, read_adapter
 from scratch.models.config import BertConfig, GPT2Config, LlamaConfig, config_from_hf, read_config_json
 from scratch.models.safetensors import load_folder
 
@@ -52,18 +54,23 @@ def architecture_of(d: dict) -> str:
     return name
 
 
-def load(folder, backend="numpy", dtype="float32"):
+def load(folder, backend="numpy", dtype="float32", adapter=None):
     """The model in a Hugging Face folder (config.json + model.safetensors or its sharded index), or in a GGUF file
     (recognised by its magic bytes; scratch.models.gguf), on `backend`. A Hugging Face model id "owner/name" that is
     not a local path is read from the hub cache (scratch.formats.hub; fetched there first when online).
 
     Weights are memory-mapped, checked tensor by tensor (a missing tensor or a wrong shape raises ValueError naming
     it), converted to `dtype` and moved to the backend once. An unknown architecture raises ValueError naming it.
+    adapter: a PEFT LoRA folder (adapter_config.json + adapter_model.safetensors) trained on this base; each adapted
+    weight becomes W + scaling * B A (computed in float64, then cast to `dtype`) before the model is built.
     """
     folder = Path(folder)
     if not folder.exists():  # "owner/name": a Hugging Face model id, from (or fetched into) the hub cache
         folder = resolve_model_id(folder)
     if is_gguf(folder):
+        if adapter is not None:
+            raise ValueError(f"adapter=: LoRA adapters merge into safetensors checkpoints, not into the GGUF file "
+                             f"{folder}")
         from scratch.models.gguf import load_gguf_model
 
         return load_gguf_model(folder, backend=backend, dtype=dtype)
@@ -73,6 +80,8 @@ def load(folder, backend="numpy", dtype="float32"):
     module = importlib.import_module(ARCHITECTURES[architecture_of(d)])
     config = config_from_hf(d)
     weights = load_folder(folder)   # memory-mapped host arrays; the model casts each to `dtype` on transfer
+    if adapter is not None:
+        weights = merge_adapter(weights, read_adapter(adapter))          # the adapted matrices, W + scaling B A
     return module.from_weights(config, weights, backend=backend, dtype=dtype)
 
 

@@ -28,6 +28,10 @@ Public API
              TrainResult, NonFiniteLossError, save_model, latest_checkpoint.
     memory:  model_states, zero_per_gpu, lora_parameters, activation_bytes_per_token, training_report
              (what `scratch info NAME --training` prints).
+    lora:    add_lora(model, r, lora_alpha, target_modules, lora_dropout, seed, use_rslora) -> LoraState;
+             save_adapter(model, out_dir) / load_adapter(model, folder) in PEFT's format; merge_lora, unmerge_lora,
+             remove_lora, lora_state, adapter_parameters, lora.logits (the adapted forward), LoraTrainer.
+             decoder: lora_forward / lora_backward (the adapter's pair, hooked into every projection).
 """
 from scratch.train.amp import GradScaler, MixedPrecision
 from scratch.train.data import TokenFile, read_tokens, tokenize_files, write_tokens
@@ -63,6 +67,20 @@ from scratch.train.layers import (
     swiglu_backward,
     swiglu_forward,
 )
+from scratch.train.decoder import lora_backward, lora_forward
+from scratch.train.lora import (
+    LoraConfig,
+    LoraState,
+    LoraTrainer,
+    adapter_parameters,
+    add_lora,
+    load_adapter,
+    lora_state,
+    merge_lora,
+    remove_lora,
+    save_adapter,
+    unmerge_lora,
+)
 from scratch.train.loop import NonFiniteLossError, Trainer, TrainResult, TrainSettings, save_model
 from scratch.train.model_grads import loss_and_grads, named_parameters
 from scratch.train.optim import (
@@ -91,4 +109,6 @@ __all__ = [
     "Optimizer", "AdamW", "SGD", "clip_grad_norm", "warmup_cosine_lr", "GradientAccumulator",
     "GradScaler", "MixedPrecision", "TokenFile", "write_tokens", "read_tokens", "tokenize_files",
     "TrainSettings", "Trainer", "TrainResult", "NonFiniteLossError", "save_model",
+    "lora_forward", "lora_backward", "LoraConfig", "LoraState", "LoraTrainer", "add_lora", "lora_state",
+    "adapter_parameters", "merge_lora", "unmerge_lora", "remove_lora", "save_adapter", "load_adapter",
 ]

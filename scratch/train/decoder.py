@@ -1,22 +1,25 @@
-"""What the GPT-2 and Llama gradients share: named gradients, the projection every matmul of a block goes through, and
-the split of a fused Q/K/V activation into heads (and its gradient back).
+"""What the GPT-2 and Llama gradients share: named gradients, the projection every matmul of a block goes through (and
+the LoRA adapters that hook into it), and the split of a fused Q/K/V activation into heads (and its gradient back).
 
 A model stores some checkpoint tensors fused or transposed (GPT-2's c_attn is one (C, 3C) matrix; Llama's q/k/v and
 gate/up are fused and every matrix is kept (in, out)); a `Projection` names the checkpoint tensors that live inside
 one stored matrix, so parameters and their gradients are handed out as views with the checkpoint's names and shapes.
-Not here: the blocks themselves (gpt2.py, llama.py), the loop over them (model_grads.py), the layer pairs (layers.py).
-Shapes: B batch, T time, C channels, H heads, Hkv kv heads, D head dim, N = B*T rows.
+Not here: the blocks themselves (gpt2.py, llama.py), the loop over them (model_grads.py), the layer pairs (layers.py),
+attaching, merging and saving adapters (lora.py).
+Shapes: B batch, T time, C channels, H heads, Hkv kv heads, D head dim, N = B*T rows, r LoRA rank.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, replace
 from typing import Any
 
 import backends
 from scratch.nn import causal_mask
 from scratch.train.layers import attention_backward, attention_forward, linear_backward, linear_forward
 
-__all__ = ["Gradients", "Projection", "project", "project_backward", "split_qkv", "merge_qkv_grads",
+__all__ = ["Gradients", "Projection", "project", "project_backward", "LoraAdapter", "ADAPTERS", "with_adapters",
+           "lora_forward", "lora_backward", "split_qkv", "merge_qkv_grads",
            "ATTENTION_BLOCK", "causal_attention_forward", "causal_attention_backward"]
 
 
@@ -51,6 +54,8 @@ class Projection:
     bias: Any
     parts: tuple[tuple[str, int, int], ...]
     torch_layout: bool
+    # LoRA: (first column, end column, LoraAdapter, dropout mask or None) per part that has an adapter
+    adapters: tuple = ()
 
     @property
     def names(self) -> list[str]:
@@ -74,27 +79,102 @@ class Projection:
         return self.views(self.weight, self.bias)
 
 
-# Every matmul of a block goes through these two functions, so an adapter has one place to hook in.
-# LoRA (Hu et al. 2021) extends them: `project` adds, for each part that has an adapter (A (r, C_in), B (out, r)),
-# scaling * (x @ A^T) @ B^T to y[..., start:end] and keeps x @ A^T in the cache; `project_backward` then puts dB and
-# dA under PEFT's names and adds the adapter's path to dx. The frozen base weight costs no dW: its names are not
-# trainable, so grads.wants(...) is False and linear_backward skips the product.
+# --- LoRA's hook -------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LoraAdapter:
+    """A rank-r LoRA adapter (Hu et al. 2021) beside one checkpoint module: y += scaling * (x @ A^T) @ B^T.
+
+    A (r, C_in) and B (out, r) are arrays the optimizer updates in place, in PEFT's layout (nn.Linear weights) for
+    every base layout. peft_module: "base_model.model." + the module's checkpoint name; `names` are PEFT's saved
+    names of A and B, the keys of their gradients."""
+
+    peft_module: str
+    A: Any
+    B: Any
+    scaling: float
+
+    @property
+    def names(self) -> tuple[str, str]:
+        return self.peft_module + ".lora_A.weight", self.peft_module + ".lora_B.weight"
+
+
+# The side table LoRA lives in: model -> its scratch.train.lora.LoraState, which has `modules` ({checkpoint module:
+# LoraAdapter}), `merged` (adapters already added into the weights) and `masks` ({checkpoint module: the dropout
+# mask of the training forward in progress}). The models are frozen; a weak table lets an adapter die with its model.
+ADAPTERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def with_adapters(model, projections: dict[str, Projection]) -> dict[str, Projection]:
+    """`projections` with the model's unmerged LoRA adapters put into the parts they wrap (unchanged without any)."""
+    state = ADAPTERS.get(model)
+    if state is None or state.merged:
+        return projections
+    out = {}
+    for key, projection in projections.items():
+        adapters = tuple((start, end, state.modules[part], state.masks.get(part))
+                         for part, start, end in projection.parts if part in state.modules)
+        out[key] = replace(projection, adapters=adapters) if adapters else projection
+    return out
+
+
+def lora_forward(x, A, B, scaling: float, mask=None):
+    """The adapter's path: y = scaling * (dropout(x) @ A^T) @ B^T. x (..., C_in), A (r, C_in), B (out, r) ->
+    y (..., out). mask: None, or dropout's (..., C_in) mask of 0 and 1/(1-p). cache: (x_in, u, A, B, scaling, mask)."""
+    xp = backends.namespace_of(x, A, B)
+    x_in = x if mask is None else x * mask                           # dropout on the adapter's input only
+    u = xp.matmul(x_in, xp.permute_dims(A, (1, 0)))                  # (..., r): the low-rank code
+    y = xp.matmul(u, xp.permute_dims(B, (1, 0))) * scaling           # (..., out), PEFT's order: B(A(x)) * scaling
+    return y, (x_in, u, A, B, scaling, mask)
+
+
+def lora_backward(dy, cache):
+    """-> (dx, dA, dB): dx like x, dA (r, C_in), dB (out, r)."""
+    x_in, u, A, B, scaling, mask = cache
+    xp = backends.namespace_of(dy, A, B)
+    r = A.shape[0]
+    dy2 = xp.reshape(dy, (-1, B.shape[0])) * scaling                 # (N, out): y = scaling * (u @ B^T)
+    u2 = xp.reshape(u, (-1, r))                                      # (N, r)
+    dB = xp.matmul(xp.permute_dims(dy2, (1, 0)), u2)                 # dB = (scaling dy)^T @ u
+    du = xp.matmul(dy2, B)                                           # du = scaling dy @ B, (N, r)
+    dA = xp.matmul(xp.permute_dims(du, (1, 0)), xp.reshape(x_in, (-1, A.shape[1])))   # u = x_in @ A^T: dA = du^T x_in
+    dx = xp.reshape(xp.matmul(du, A), tuple(x_in.shape))             # dx_in = du @ A
+    return (dx if mask is None else dx * mask), dA, dB               # x_in = x * mask
+
+
+# --- the projection: every matmul of a block -------------------------------------------------------------------------
+
+# Every matmul of a block goes through these two functions, so an adapter has one place to hook in. LoRA: for each
+# part with an adapter, `project` adds lora_forward's scaling * (x @ A^T) @ B^T to y[..., start:end] and keeps its
+# cache; `project_backward` puts dA and dB under PEFT's names and adds the adapter's path to dx. The frozen base
+# weight costs no dW: its names are not trainable, so grads.wants(...) is False and linear_backward skips the product.
 
 def project(x, projection: Projection):
-    """y = x @ weight + bias. x (..., C_in) -> y (..., C_out), cache."""
+    """y = x @ weight + bias (+ each adapter's path into its columns). x (..., C_in) -> y (..., C_out), cache."""
     y, linear_cache = linear_forward(x, projection.weight, projection.bias)
-    return y, (linear_cache, projection)
+    lora_caches = []
+    for start, end, adapter, mask in projection.adapters:
+        y_adapter, lora_cache = lora_forward(x, adapter.A, adapter.B, adapter.scaling, mask)
+        y[..., start:end] += y_adapter                                # y is fresh: linear_forward's own result
+        lora_caches.append(lora_cache)
+    return y, (linear_cache, projection, lora_caches)
 
 
 def project_backward(dy, cache, grads: Gradients):
-    """-> dx; the weight and bias gradients go into `grads` under the projection's checkpoint names."""
-    linear_cache, projection = cache
+    """-> dx; the weight and bias gradients (or the adapters') go into `grads` under their checkpoint/PEFT names."""
+    linear_cache, projection, lora_caches = cache
     trainable = any(grads.wants(name) for name in projection.names)
     # y = x @ weight + bias
     dx, dweight, dbias = linear_backward(dy, linear_cache, weight_grads=trainable)
     if trainable:
         for name, grad in projection.views(dweight, dbias).items():
             grads.put(name, grad)
+    for (start, end, adapter, _), lora_cache in zip(projection.adapters, lora_caches):
+        # y[..., start:end] += scaling * (x @ A^T) @ B^T
+        dx_adapter, dA, dB = lora_backward(dy[..., start:end], lora_cache)
+        dx += dx_adapter
+        grads.put(adapter.names[0], dA)
+        grads.put(adapter.names[1], dB)
     return dx
 
 

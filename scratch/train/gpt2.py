@@ -21,6 +21,7 @@ from scratch.train.decoder import (
     project,
     project_backward,
     split_qkv,
+    with_adapters,
 )
 from scratch.train.layers import (
     ACTIVATIONS,
@@ -49,15 +50,16 @@ def head_projection(model) -> Projection:
 
 
 def layer_projections(model, i: int) -> dict[str, Projection]:
-    """Block i's four matrices, stored (in, out) as GPT-2's Conv1D stores them (so torch_layout is False)."""
+    """Block i's four matrices, stored (in, out) as GPT-2's Conv1D stores them (so torch_layout is False), with the
+    model's LoRA adapters in the parts they wrap."""
     layer, C, F = model.layers[i], model.config.n_embd, model.config.n_inner
     prefix = f"transformer.h.{i}."
-    return {
+    return with_adapters(model, {
         "c_attn": Projection(layer.qkv_w, layer.qkv_b, ((prefix + "attn.c_attn", 0, 3 * C),), False),
         "attn_c_proj": Projection(layer.attn_proj_w, layer.attn_proj_b, ((prefix + "attn.c_proj", 0, C),), False),
         "c_fc": Projection(layer.fc_w, layer.fc_b, ((prefix + "mlp.c_fc", 0, F),), False),
         "mlp_c_proj": Projection(layer.proj_w, layer.proj_b, ((prefix + "mlp.c_proj", 0, C),), False),
-    }
+    })
 
 
 def named_parameters(model) -> dict:

@@ -21,6 +21,7 @@ from scratch.train.decoder import (
     project,
     project_backward,
     split_qkv,
+    with_adapters,
 )
 from scratch.train.layers import (
     ACTIVATIONS,
@@ -54,12 +55,13 @@ def head_projection(model) -> Projection:
 
 
 def layer_projections(model, i: int) -> dict[str, Projection]:
-    """Block i's four stored matrices and the checkpoint tensors inside them (nn.Linear's (out, in) layout)."""
+    """Block i's four stored matrices and the checkpoint tensors inside them (nn.Linear's (out, in) layout), with
+    the model's LoRA adapters in the parts they wrap."""
     config, layer = model.config, model.layers[i]
     C, F, D = config.hidden_size, config.intermediate_size, config.head_dim
     q, kv = config.num_attention_heads * D, config.num_key_value_heads * D        # q width H D, k/v width Hkv D
     prefix = f"model.layers.{i}."
-    return {
+    return with_adapters(model, {
         "qkv": Projection(layer.qkv_w, layer.qkv_b, ((prefix + "self_attn.q_proj", 0, q),
                                                      (prefix + "self_attn.k_proj", q, q + kv),
                                                      (prefix + "self_attn.v_proj", q + kv, q + 2 * kv)), True),
@@ -67,7 +69,7 @@ def layer_projections(model, i: int) -> dict[str, Projection]:
         "gate_up": Projection(layer.gate_up_w, layer.gate_up_b, ((prefix + "mlp.gate_proj", 0, F),
                                                                  (prefix + "mlp.up_proj", F, 2 * F)), True),
         "down": Projection(layer.down_w, layer.down_b, ((prefix + "mlp.down_proj", 0, C),), True),
-    }
+    })
 
 
 def named_parameters(model) -> dict:

@@ -191,8 +191,7 @@ class Trainer:
         if max_length is not None and s.seq_len > max_length:
             raise ValueError(f"seq_len {s.seq_len} exceeds the model's context of {max_length} positions")
         if s.mixed_precision:
-            self.amp = MixedPrecision(model, scaler=GradScaler(), parameters=self.parameters,
-                                      loss_and_grads=self._loss_and_grads)
+            self.amp = self.mixed_precision(model)
             params = {name: self.amp.master[name] for name in self.trainable(model)}
         else:
             self.amp = None
@@ -202,6 +201,16 @@ class Trainer:
         self.step = 0                                # optimizer steps done (skipped mixed-precision steps count)
         self.result = TrainResult()
         self._skipped_in_a_row = 0
+
+    def mixed_precision(self, model) -> MixedPrecision:
+        """The float16 compute copy, float32 master and loss scaler of a mixed-precision run (LoraTrainer overrides
+        it to copy the frozen base once and keep only the adapters as master weights)."""
+        return MixedPrecision(model, scaler=GradScaler(), parameters=self.parameters,
+                              loss_and_grads=self._loss_and_grads)
+
+    def logits(self, model, input_ids):
+        """(B, T, V) logits for validation: model(input_ids) (LoraTrainer: with the adapters)."""
+        return model(input_ids)
 
     # ---------------------------------------------------------------- one step
     def lr_at(self, step: int) -> float:
@@ -264,7 +273,7 @@ class Trainer:
         total = 0.0
         for _ in range(s.eval_batches):
             input_ids, targets = self.val_data.batch(rng, s.batch_size, s.seq_len)
-            logits = model(input_ids)                                            # (B, T, V)
+            logits = self.logits(model, input_ids)                               # (B, T, V)
             loss, _ = cross_entropy_forward(logits, model.backend.asarray(targets))
             total += float(loss)
         return total / s.eval_batches

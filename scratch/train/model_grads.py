@@ -23,7 +23,7 @@ from scratch.models.inputs import check_length, token_ids
 from scratch.models.llama import Llama
 from scratch.train import gpt2 as gpt2_grads
 from scratch.train import llama as llama_grads
-from scratch.train.decoder import Gradients
+from scratch.train.decoder import ADAPTERS, Gradients
 from scratch.train.layers import ACTIVATIONS, cross_entropy_backward, cross_entropy_forward
 
 __all__ = ["named_parameters", "trainable_parameters", "loss_and_grads", "forward", "backward", "Tape"]
@@ -53,10 +53,13 @@ def named_parameters(model) -> dict:
 
 def trainable_parameters(obj) -> dict:
     """The {name: array} an optimizer updates and loss_and_grads differentiates: a dict is returned as it is; an
-    object with a `trainable_parameters()` method gives that method's dict; a GPT-2 or Llama model gives
-    `named_parameters(model)` (full fine-tuning: every parameter)."""
+    object with a `trainable_parameters()` method gives that method's dict; a GPT-2 or Llama model with LoRA
+    adapters (scratch.train.lora.add_lora) gives only the adapters' A and B, under PEFT's names; any other GPT-2 or
+    Llama gives `named_parameters(model)` (full fine-tuning: every parameter)."""
     if isinstance(obj, dict):
         return obj
+    if isinstance(obj, (GPT2, Llama)) and obj in ADAPTERS:
+        return ADAPTERS[obj].parameters()
     hook = getattr(obj, "trainable_parameters", None)
     if callable(hook):
         params = hook()
@@ -155,10 +158,17 @@ def loss_and_grads(model, input_ids, targets, *, checkpointing: bool = False, lo
     targets = _targets(model.backend, targets, (B, T))
     grads = Gradients(trainable_parameters(model))
 
-    logits, tape = forward(model, ids, checkpointing=checkpointing)
-    loss, loss_cache = cross_entropy_forward(logits, targets, ignore_index=IGNORE_INDEX)
-    del logits                                    # the loss cache holds the softmax, which becomes dlogits
-    backward(tape, cross_entropy_backward(loss_scale, loss_cache), grads)
+    adapters = ADAPTERS.get(model)
+    if adapters is not None:
+        adapters.draw_dropout_masks((B, T))       # LoRA dropout > 0: this step's masks (a recomputation reuses them)
+    try:
+        logits, tape = forward(model, ids, checkpointing=checkpointing)
+        loss, loss_cache = cross_entropy_forward(logits, targets, ignore_index=IGNORE_INDEX)
+        del logits                                # the loss cache holds the softmax, which becomes dlogits
+        backward(tape, cross_entropy_backward(loss_scale, loss_cache), grads)
+    finally:
+        if adapters is not None:
+            adapters.masks = {}                   # any later forward (evaluation) runs without dropout
 
     missing = [name for name in grads.wanted if name not in grads.arrays]
     if missing:
@@ -168,8 +178,11 @@ def loss_and_grads(model, input_ids, targets, *, checkpointing: bool = False, lo
 
 
 def _check_trainable(model) -> None:
-    """TypeError for a model without a training backward here, ValueError for an activation without one."""
+    """TypeError for a model without a training backward here, ValueError for an activation without one or for
+    merged LoRA adapters."""
     _architecture(model)
+    if model in ADAPTERS and ADAPTERS[model].merged:
+        raise ValueError("the model's LoRA adapters are merged into its weights: unmerge_lora(model) before training")
     config = model.config
     name = config.activation if isinstance(model, GPT2) else config.hidden_act
     if name not in ACTIVATIONS:
