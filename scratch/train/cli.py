@@ -1,4 +1,4 @@
-"""`scratch train`: a small language model from text files, end to end.
+"""`scratch train`: a small language model from text files, end to end; `scratch finetune`: LoRA adapters for a model.
 
     scratch train --corpus FILE [FILE ...] --config SMALL_CONFIG --out DIR [--tokenizer PATH | --vocab-size N]
                   [--steps N --batch-size B --seq-len T --lr LR ...] [--mixed-precision] [--checkpointing] [--resume]
@@ -10,6 +10,14 @@ SMALL_CONFIG (a name below, a model preset, or a config.json) with the tokenizer
 load_tokenizer read (config.json, model.safetensors, tokenizer.json). Ctrl-C saves a checkpoint and exits with 130;
 the same command with --resume continues exactly where it stopped. A Recipe bundles everything a run needs (corpus,
 config, tokenizer, hyperparameters), so a named recipe -- a `--preset` -- is one Recipe value handed to run_recipe.
+
+    scratch finetune --model DIR --data FILE [FILE ...] --out ADAPTER_DIR [--lora-r 8 --lora-alpha 16
+                     --target-modules q_proj,v_proj --lora-dropout 0] [training flags as above] [--resume]
+
+tokenizes the data with the model folder's tokenizer into ADAPTER_DIR/data, attaches LoRA adapters
+(scratch.train.lora), trains only them (checkpoints hold the adapter; Ctrl-C and --resume as above) and writes the
+final adapter in PEFT's format into ADAPTER_DIR: PeftModel.from_pretrained and scratch.models.load(DIR,
+adapter=ADAPTER_DIR) read it. The model folder is only read.
 """
 from __future__ import annotations
 
@@ -141,6 +149,53 @@ def run_recipe(recipe: Recipe, out, backend=None, resume: bool = False, log=prin
     return result
 
 
+def run_finetune(model_dir, data, out, lora: dict | None = None, settings: dict | None = None,
+                 tokenizer: str | None = None, val_fraction: float = 0.1, backend=None, resume: bool = False,
+                 log=print):
+    """`scratch finetune`: tokenize `data` with the model folder's tokenizer (or `tokenizer`), add_lora(model,
+    **lora) with the run's seed, train the adapters with LoraTrainer (checkpoints in out/checkpoints) and save the
+    adapter into `out`. Returns the TrainResult. With resume=True the token files, settings and adapter
+    configuration of the run in `out` are reused and training continues from its latest checkpoint."""
+    import backends
+    import scratch.models
+    from scratch.tokenizer import load_tokenizer
+    from scratch.train.data import read_tokens, tokenize_files
+    from scratch.train.lora import LoraTrainer, add_lora, load_adapter, save_adapter
+    from scratch.train.loop import TrainSettings, latest_checkpoint, read_trainer_state
+
+    out = Path(out)
+    checkpoint = latest_checkpoint(out) if resume and out.is_dir() else None
+    if resume and checkpoint is None:
+        raise FileNotFoundError(f"--resume: no checkpoint in {out / 'checkpoints'} to resume from")
+    model = scratch.models.load(model_dir, backend=backends.get(backend), dtype="float32")
+    log(f"model: {model!r} from {model_dir}")
+    if checkpoint is not None:                                      # everything as the interrupted run had it
+        train_file, val_file = read_tokens(out / "data" / "train"), read_tokens(out / "data" / "val")
+        settings = TrainSettings.from_dict(read_trainer_state(checkpoint)["settings"])
+        load_adapter(model, checkpoint)                             # its rank, alpha, targets (values: resume)
+        log(f"resuming from {checkpoint} (step {read_trainer_state(checkpoint)['step']}) with its settings")
+    else:
+        for file in data:
+            _read_text(file)                                        # a missing file fails before any work
+        settings = TrainSettings.from_dict(settings or {})
+        add_lora(model, seed=settings.seed, **(lora or {}))         # bad targets or rank fail before tokenizing
+        tok = load_tokenizer(tokenizer if tokenizer is not None else model_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        train_file, val_file = tokenize_files(tok, data, out / "data", val_fraction)
+        log(f"data: {len(train_file):,} training and {len(val_file):,} validation tokens in {out / 'data'}")
+    trainer = LoraTrainer(model, train_file, val_file, settings, out_dir=out, log=log)
+    trainable = sum(int(a.size) for a in trainer.optimizer.params.values())
+    log(f"LoRA: {trainable:,} trainable parameters ({100 * trainable / model.parameter_count():.2f}% of "
+        f"{model.parameter_count():,})")
+    if checkpoint is not None:
+        trainer.resume(checkpoint)
+    result = trainer.run()
+    if not result.interrupted:
+        save_adapter(model, out, base_model_name_or_path=str(model_dir))
+        log(f"saved {out}: adapter_config.json, adapter_model.safetensors (PEFT's format)")
+    return result
+
+
 # --- the command -------------------------------------------------------------------------------------------------
 
 _SETTING_FLAGS = ("steps", "batch_size", "seq_len", "grad_accum", "lr", "min_lr", "warmup_steps", "weight_decay",
@@ -171,20 +226,39 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers) -> None:
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from scratch.train.loop import NonFiniteLossError
+
+    settings = {name: getattr(args, name) for name in _SETTING_FLAGS if getattr(args, name) is not None}
+    if args.no_clip:
+        settings["max_grad_norm"] = None
+    alpha = int(args.lora_alpha) if float(args.lora_alpha).is_integer() else args.lora_alpha   # 16, as PEFT writes it
+    lora = {"r": args.lora_r, "lora_alpha": alpha, "lora_dropout": args.lora_dropout,
+            "use_rslora": args.use_rslora}
+    if args.target_modules:
+        targets = [name.strip() for name in args.target_modules.split(",") if name.strip()]
+        lora["target_modules"] = targets[0] if targets == ["all-linear"] else targets
+    try:
+        result = run_finetune(args.model, args.data, args.out, lora=lora, settings=settings, tokenizer=args.tokenizer,
+                              val_fraction=args.val_fraction, backend=args.backend, resume=args.resume)
+    except NonFiniteLossError as error:
+        print(f"scratch finetune: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:                         # before training started (model, data): nothing to save
+        print("scratch finetune: interrupted before training started; nothing saved", file=sys.stderr)
+        return 130
+    if result.interrupted:
+        print(f"scratch finetune: interrupted after step {result.step}; checkpoint {result.checkpoint}. "
+              f"Run the same command with --resume to continue.", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _training_flags(p) -> None:
+    """The loop's hyperparameters, shared by `scratch train` and `scratch finetune`."""
     from scratch.train.loop import TrainSettings
 
     defaults = TrainSettings()
-    p = subparsers.add_parser("train", help="train a small GPT-2 / Llama on text files (tokenizer, data, model)")
-    p.add_argument("--corpus", nargs="+", required=True, metavar="FILE", help="UTF-8 text files, one document each")
-    p.add_argument("--config", required=True, metavar="SMALL_CONFIG",
-                   help=f"{', '.join(SMALL_CONFIGS)}, a model preset, or a config.json path")
-    p.add_argument("--out", required=True, metavar="DIR", help="the run's folder; a model folder when done")
-    p.add_argument("--tokenizer", metavar="PATH", help="reuse this tokenizer instead of training one")
-    p.add_argument("--vocab-size", type=int, default=512, metavar="N", help="vocabulary of the trained tokenizer")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="the end of each file kept for validation")
-    p.add_argument("--backend", default=None, help="numpy, strict or cupy (default: $SCRATCH_BACKEND or numpy)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     loop = p.add_argument_group("training (defaults: scratch.train.TrainSettings)")
     loop.add_argument("--steps", type=int, help=f"optimizer steps ({defaults.steps})")
     loop.add_argument("--batch-size", type=int, help=f"sequences per micro-batch ({defaults.batch_size})")
@@ -205,4 +279,38 @@ def register(subparsers) -> None:
                       help="float16 compute, float32 master weights, dynamic loss scaling")
     loop.add_argument("--checkpointing", action="store_true", default=None,
                       help="gradient checkpointing: recompute each block's activations in the backward")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train a small GPT-2 / Llama on text files (tokenizer, data, model)")
+    p.add_argument("--corpus", nargs="+", required=True, metavar="FILE", help="UTF-8 text files, one document each")
+    p.add_argument("--config", required=True, metavar="SMALL_CONFIG",
+                   help=f"{', '.join(SMALL_CONFIGS)}, a model preset, or a config.json path")
+    p.add_argument("--out", required=True, metavar="DIR", help="the run's folder; a model folder when done")
+    p.add_argument("--tokenizer", metavar="PATH", help="reuse this tokenizer instead of training one")
+    p.add_argument("--vocab-size", type=int, default=512, metavar="N", help="vocabulary of the trained tokenizer")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="the end of each file kept for validation")
+    p.add_argument("--backend", default=None, help="numpy, strict or cupy (default: $SCRATCH_BACKEND or numpy)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    _training_flags(p)
     p.set_defaults(handler=_cmd_train)
+
+    p = subparsers.add_parser("finetune", help="train LoRA adapters for a model folder on text files (PEFT format)")
+    p.add_argument("--model", required=True, metavar="DIR", help="the base model folder (config.json, safetensors, "
+                   "tokenizer); only read")
+    p.add_argument("--data", nargs="+", required=True, metavar="FILE", help="UTF-8 text files, one document each")
+    p.add_argument("--out", required=True, metavar="ADAPTER_DIR",
+                   help="the run's folder (data, checkpoints); the PEFT adapter when done")
+    p.add_argument("--lora-r", type=int, default=8, metavar="R", help="adapter rank (8)")
+    p.add_argument("--lora-alpha", type=float, default=16, help="scaling numerator: scaling = alpha / r (16)")
+    p.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the adapters' inputs (0)")
+    p.add_argument("--use-rslora", action="store_true", help="scaling = alpha / sqrt(r)")
+    p.add_argument("--target-modules", metavar="NAMES",
+                   help="comma-separated projections, e.g. q_proj,v_proj or c_attn, or all-linear "
+                        "(default: PEFT's for the architecture)")
+    p.add_argument("--tokenizer", metavar="PATH", help="tokenizer to use instead of the model folder's")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="the end of each file kept for validation")
+    p.add_argument("--backend", default=None, help="numpy, strict or cupy (default: $SCRATCH_BACKEND or numpy)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    _training_flags(p)
+    p.set_defaults(handler=_cmd_finetune)
