@@ -7,7 +7,8 @@ same folder. Ours: train.loss_and_grads + train.AdamW; PyTorch: forward, F.cross
 torch.optim.AdamW; same hyperparameters and weight-decay groups. On the CPU (--backend numpy) both use 2 threads; with
 --backend cupy ours runs on CuPy and PyTorch on CUDA. Printed:
   (a) step time and tokens/s of ours, ours with gradient checkpointing, and PyTorch, timed in alternating rounds
-      (the median of each, and of the per-round ratios: on shared cores single timings are noisy);
+      (the median of each, and of the per-round ratios: on shared cores single timings are noisy); and LoRA r=8 on
+      c_attn (PEFT's default for GPT-2): ours (train.add_lora) and PyTorch + PEFT, with their trainable parameters;
   (b) the fraction of the matmul library's GFLOP/s reached: the step's matmul FLOPs (6 x matmul parameters x tokens,
       plus attention's 12 B H T^2 D per layer, no causal skipping) over its time, against one (B T, C) @ (C, 4C)
       product (the MLP's first) timed here with the same library;
@@ -38,6 +39,7 @@ for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):   #
 CONFIG = dict(vocab_size=8192, n_positions=256, n_embd=320, n_layer=6, n_head=5)
 BATCH, SEQ = 8, 256
 HYPER = dict(lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+LORA = dict(r=8, lora_alpha=16, target_modules=["c_attn"])     # PEFT's default target for GPT-2
 
 
 # --- the two training steps ----------------------------------------------------------------------------------------
@@ -56,24 +58,34 @@ def torch_model(folder, device: str):
     return model.to(device).train()
 
 
+def torch_lora(model):
+    """The model wrapped by PEFT with LORA's adapters (only they require gradients)."""
+    import peft
+
+    return peft.get_peft_model(model, peft.LoraConfig(**LORA, lora_dropout=0.0, fan_in_fan_out=True))
+
+
 def torch_optimizer(model):
-    """torch.optim.AdamW with our decay groups (matrices that are not embeddings decay)."""
+    """torch.optim.AdamW with our decay groups (matrices that are not embeddings decay), trainable parameters only."""
     import torch
 
     from scratch import train
 
-    named = dict(model.named_parameters())
+    named = {name: p for name, p in model.named_parameters() if p.requires_grad}
     decayed = [p for name, p in named.items() if train.default_decay_rule(name, p)]
     others = [p for name, p in named.items() if not train.default_decay_rule(name, p)]
     return torch.optim.AdamW([{"params": decayed}, {"params": others, "weight_decay": 0.0}], **HYPER)
 
 
-def our_step_function(folder, backend: str, seq: int):
-    """ours(checkpointing=False) -> loss: one training step, finished (synchronised) when it returns."""
+def our_step_function(folder, backend: str, seq: int, lora: bool = False):
+    """ours(checkpointing=False) -> loss: one training step, finished (synchronised) when it returns. lora: train
+    only LORA's adapters."""
     import scratch.models
     from scratch import train
 
     model = scratch.models.load(folder, backend=backend)
+    if lora:
+        train.add_lora(model, **LORA)
     optimizer = train.AdamW(model, **HYPER)
     inputs, targets = make_batch(seq)
     inputs, targets = model.backend.asarray(inputs, dtype="int64"), model.backend.asarray(targets, dtype="int64")
@@ -89,11 +101,11 @@ def our_step_function(folder, backend: str, seq: int):
     return step
 
 
-def torch_step_function(folder, device: str, seq: int):
+def torch_step_function(folder, device: str, seq: int, lora: bool = False):
     import torch
     import torch.nn.functional as TF
 
-    model = torch_model(folder, device)
+    model = torch_lora(torch_model(folder, device)) if lora else torch_model(folder, device)
     optimizer = torch_optimizer(model)
     inputs, targets = (torch.tensor(a, device=device) for a in make_batch(seq))
 
@@ -153,8 +165,9 @@ def _cupy_peak_hook():
 
 
 def memory_child(folder: str, which: str, backend: str, seq: int) -> None:
-    """One step of `which` (ours, ours-ckpt, torch) in this fresh process: print JSON {what: MB} beyond the loaded
-    model. The optimizer is made inside the measured region (torch makes its state at the first step)."""
+    """One step of `which` (ours, ours-ckpt, ours-lora, torch, torch-lora) in this fresh process: print JSON
+    {what: MB} beyond the loaded model. The optimizer is made inside the measured region (torch makes its state at
+    the first step)."""
     import tracemalloc
 
     import torch
@@ -163,11 +176,13 @@ def memory_child(folder: str, which: str, backend: str, seq: int) -> None:
 
     torch.set_num_threads(THREADS)
     gpu = backend == "cupy"
-    if which == "torch":
+    if which.startswith("torch"):
         import torch.nn.functional as TF
 
         device = "cuda" if gpu else "cpu"
         model = torch_model(folder, device)
+        if which == "torch-lora":
+            model = torch_lora(model)
         inputs, targets = (torch.tensor(a, device=device) for a in make_batch(seq))
         if gpu:
             torch.cuda.synchronize()
@@ -190,6 +205,8 @@ def memory_child(folder: str, which: str, backend: str, seq: int) -> None:
     import scratch.models
 
     model = scratch.models.load(folder, backend=backend)
+    if which == "ours-lora":
+        train.add_lora(model, **LORA)
     inputs, targets = make_batch(seq)
     checkpointing = which == "ours-ckpt"
     if gpu:
@@ -258,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     import backends
+    import scratch.models
 
     torch.set_num_threads(THREADS)
     gpu = args.backend == "cupy"
@@ -280,9 +298,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"first-step loss: ours {first_ours:.6f}, PyTorch {first_torch:.6f} "
               f"(difference {abs(first_ours - first_torch):.1e})")
         ours_step(checkpointing=True)
+        ours_lora, torch_lora_step = (our_step_function(folder, args.backend, seq, lora=True),
+                                      torch_step_function(folder, device, seq, lora=True))
+        ours_lora(), torch_lora_step()
 
         # (a) alternating rounds
-        steps = {"ours": ours_step, "ours, checkpointing": lambda: ours_step(True), "PyTorch": torch_step}
+        steps = {"ours": ours_step, "ours, checkpointing": lambda: ours_step(True), "PyTorch": torch_step,
+                 "ours, LoRA": ours_lora, "PyTorch + PEFT, LoRA": torch_lora_step}
         times = {name: [] for name in steps}
         for _ in range(rounds):
             for name, step in steps.items():
@@ -301,6 +323,15 @@ def main(argv: list[str] | None = None) -> int:
               f"bar 0.8x)")
         print(f"    checkpointing: {median['ours, checkpointing'] / median['ours']:.2f}x the step time "
               f"(one more forward of every block)")
+        from scratch import train
+
+        lora_model = scratch.models.load(folder, backend=args.backend)
+        total = sum(int(p.size) for p in train.named_parameters(lora_model).values())
+        trainable = sum(int(p.size) for p in train.add_lora(lora_model, **LORA).parameters().values())
+        print(f"    LoRA r={LORA['r']} on {', '.join(LORA['target_modules'])}: {trainable:,} trainable parameters of "
+              f"{total:,} ({trainable / total:.2%}); step time {median['ours, LoRA'] / median['ours']:.2f}x full "
+              f"fine-tuning's (ours), {median['PyTorch + PEFT, LoRA'] / median['PyTorch']:.2f}x (PyTorch); "
+              f"ours / PEFT tokens/s {median['PyTorch + PEFT, LoRA'] / median['ours, LoRA']:.2f}x")
 
         # (b) fraction of the matmul library's GFLOP/s
         flops = matmul_flops(seq)
@@ -315,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
         # (c) peak memory, each in a fresh process
         print("\n(c) peak memory of one step beyond the loaded model (a fresh process each; optimizer state "
               "included):")
-        for which, label in (("ours", "ours"), ("ours-ckpt", "ours, checkpointing"), ("torch", "PyTorch")):
+        for which, label in (("ours", "ours"), ("ours-ckpt", "ours, checkpointing"), ("torch", "PyTorch"),
+                             ("ours-lora", "ours, LoRA"), ("torch-lora", "PyTorch + PEFT, LoRA")):
             child = subprocess.run([sys.executable, __file__, "--backend", args.backend, "--memory-child", folder,
                                     which, str(seq)], capture_output=True, text=True, check=True)
             result = json.loads(child.stdout.strip().splitlines()[-1])
