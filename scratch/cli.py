@@ -33,7 +33,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
         if args.training:
             from scratch.train.memory import training_report
 
-            print(training_report(args.name, presets.get_preset(args.name), lora_r=args.lora,
+            name = presets.canonical_name(args.name)   # llama2-7b -> llama-2-7b
+            print(training_report(name, presets.get_preset(name), lora_r=args.lora,
                                   lora_targets=args.lora_targets, checkpointing=args.checkpointing,
                                   precision=args.precision, seq_len=args.seq_len, gpus=args.gpus, zero=args.zero))
             return 0
@@ -64,7 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scratch", description="LLM internals from scratch in NumPy / CuPy.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     info = subparsers.add_parser("info", help="backends and components available here; with NAME, a model's sizes")
-    info.add_argument("name", nargs="?", help="a model preset such as gpt2, llama-2-7b, llama-3.1-8b")
+    from scratch.models.presets import list_presets
+
+    info.add_argument("name", nargs="?", help="a model preset (case and dashes are free: llama2-7b = llama-2-7b): "
+                                              + ", ".join(list_presets()))
     training = info.add_argument_group("training memory (with NAME --training; docs/finetuning.md)")
     training.add_argument("--training", action="store_true",
                           help="weights, gradients, AdamW states and activations of fine-tuning NAME")

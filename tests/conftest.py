@@ -1,8 +1,10 @@
-"""Shared test fixtures: the per-backend fixture, the `gpu` marker, hypothesis profiles and the shared data folder.
+"""Shared test fixtures: the per-backend fixture, the `gpu` marker, hypothesis profiles, the shared data folder and
+the opt-in real checkpoint.
 
-Write a test once, run it on every backend: a test that takes the `backend` fixture runs once per backend that can
-run here -- numpy and strict always, cupy when a GPU is usable (those runs carry the `gpu` marker, so
-`pytest -m gpu` selects exactly the device checks).
+Write a test once, run it on every backend: a test that takes the `backend` fixture runs once per backend -- numpy
+and strict always, cupy when a GPU is usable (those runs carry the `gpu` marker, so `pytest -m gpu` selects exactly
+the device checks). Skips say what is missing in a user's terms, and every skip of one kind is raised from one line
+here with one reason, so `pytest -ra` folds them into a single summary line (it groups by location and reason).
 """
 from __future__ import annotations
 
@@ -25,20 +27,23 @@ settings.register_profile("thorough", max_examples=1000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if IN_CI else "dev"))
 
 
+# Why a backend's cases skip, in a user's words (the backend's own message says how to install it).
+BACKEND_SKIPS = {
+    "cupy": "GPU cases: no usable NVIDIA GPU with CuPy >= 14 here (pip install 'cupy-cuda12x>=14' on a GPU machine)",
+    "strict": "array-api-strict cases: the array-api-strict package is not installed (pip install array-api-strict)",
+}
+
+
 def _backend_params():
-    params = []
-    for name in backends.NAMES:
-        marks = [pytest.mark.gpu] if name == "cupy" else []
-        reason = backends.unavailable_reason(name)
-        if reason is not None:
-            marks.append(pytest.mark.skip(reason=f"{name} backend unavailable here: {reason}"))
-        params.append(pytest.param(name, marks=marks, id=name))
-    return params
+    return [pytest.param(name, marks=[pytest.mark.gpu] if name == "cupy" else [], id=name) for name in backends.NAMES]
 
 
 @pytest.fixture(params=_backend_params())
 def backend(request) -> backends.Backend:
-    """The backend under test; the test runs once for each backend usable here."""
+    """The backend under test; the test runs once for each backend, and skips (one reason per backend) where that
+    backend cannot run."""
+    if backends.unavailable_reason(request.param) is not None:
+        pytest.skip(BACKEND_SKIPS.get(request.param, f"the {request.param} backend cannot run here"))
     return backends.get(request.param)
 
 
@@ -61,13 +66,45 @@ def require_shared(*relative: str) -> Path:
     root = shared_data_dir()
     path = root.joinpath(*relative) if root else None
     if path is None or not path.exists():
-        message = f"shared test data not found: ../shared/data/{'/'.join(relative)} (only CI and dev sessions have it)"
         if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+            where = root or REPO_ROOT.parent / "shared" / "data"
+            pytest.fail(f"shared test data not found: {'/'.join(relative)} under {where}")
+        pytest.skip(SHARED_DATA_SKIP)
     return path
+
+
+# One reason for every missing piece of shared data, so the skips fold into one line.
+SHARED_DATA_SKIP = ("real vocabularies and the benchmark corpus are not in a clone (CI has them): set "
+                    "SCRATCH_SHARED_DATA to a folder holding tokenizers/ and corpora/ to run these")
+REAL_GGUF_SKIP = ("opt-in check against a real checkpoint: set SCRATCH_REAL_GGUF to the path of a "
+                  "SmolLM2-135M-Instruct Q4_1 .gguf file to run it")
+
+
+def require_real_gguf() -> Path:
+    """The real checkpoint named by SCRATCH_REAL_GGUF, or a skip saying how to provide it (the `realmodel` tests)."""
+    path = os.environ.get("SCRATCH_REAL_GGUF")
+    if not path:
+        pytest.skip(REAL_GGUF_SKIP)
+    if not Path(path).is_file():
+        pytest.skip(f"SCRATCH_REAL_GGUF={path} is not a file")
+    return Path(path)
 
 
 @pytest.fixture
 def shared_data() -> Path:
     return require_shared()
+
+
+# -ra groups skips by (file, line, reason), and a skip raised in a fixture is reported at the test's own line: one
+# summary line per test. Reported here instead, the skips of one reason fold into one line (e.g. "SKIPPED [117]
+# tests/conftest.py: GPU cases: ...").
+FOLDED_SKIPS = {*BACKEND_SKIPS.values(), SHARED_DATA_SKIP, REAL_GGUF_SKIP}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = (yield).get_result()
+    if report.skipped and isinstance(report.longrepr, tuple) and len(report.longrepr) == 3:
+        reason = report.longrepr[2].removeprefix("Skipped: ")
+        if reason in FOLDED_SKIPS:
+            report.longrepr = (__file__, None, reason)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from scratch.generate.cli import add_decoding_options
+from scratch.generate.cli import add_decoding_options, check_tokenizer_fits
 
 __all__ = ["register"]
 
@@ -59,6 +59,7 @@ def _session(args):
     import backends
     import scratch.models
     from scratch.chat.session import ChatSession
+    from scratch.models.cli import announce_load
     from scratch.tokenizer import load_tokenizer
 
     template = None
@@ -66,7 +67,9 @@ def _session(args):
         with open(args.chat_template, encoding="utf-8") as handle:
             template = handle.read()
     tokenizer = load_tokenizer(args.tokenizer or args.model)
+    announce_load(args.model)
     model = scratch.models.load(args.model, backend=backends.get(args.backend), dtype=args.dtype)
+    check_tokenizer_fits(tokenizer, model, args.tokenizer or args.model, args.model)
     return ChatSession(model, tokenizer, system=args.system, chat_template=template,
                        reuse_cache=not args.no_cache_reuse, **_generation_kwargs(args))
 

@@ -67,7 +67,9 @@ def _load_causal_lm(folder, args):
     """A decoder (GPT-2, Llama) on the chosen backend (--backend, else $SCRATCH_BACKEND, else numpy)."""
     import backends
     import scratch.models
+    from scratch.models.cli import announce_load
 
+    announce_load(folder)                   # a large model: one stderr line (path, format, size) before the wait
     model = scratch.models.load(folder, backend=backends.get(args.backend), dtype=args.dtype)
     if not hasattr(model, "new_cache"):  # BERT: an encoder has no next-token distribution to decode from
         raise ValueError(f"{folder} holds a {type(model).__name__} model, which cannot generate text "
@@ -82,6 +84,7 @@ def _load(args):
         raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     tokenizer = load_tokenizer(args.tokenizer)
     model = _load_causal_lm(args.model, args)
+    check_tokenizer_fits(tokenizer, model, args.tokenizer or args.model, args.model)
     ids = tokenizer.encode(args.prompt)
     bos = _bos_id(args.bos, model)
     if bos is not None and ids[:1] != [bos]:
@@ -89,6 +92,16 @@ def _load(args):
     if not ids:
         raise ValueError("the prompt is empty: give some text to continue")
     return model, tokenizer, ids
+
+
+def check_tokenizer_fits(tokenizer, model, tokenizer_name, model_name) -> None:
+    """Refuse a tokenizer that can produce ids the model has no embedding for (they belong to different models).
+    A model vocabulary padded beyond the tokenizer's, as many checkpoints have (GPT-2's 50,257 padded to 50,304),
+    is normal: those ids are simply never produced."""
+    if tokenizer.n_vocab > model.n_vocab:
+        raise ValueError(f"the tokenizer {tokenizer_name} produces ids up to {tokenizer.n_vocab - 1:,}, but the "
+                         f"model {model_name} has only {model.n_vocab:,} tokens (ids 0..{model.n_vocab - 1:,}): "
+                         f"they do not belong together; pass the model's own tokenizer")
 
 
 def _bos_id(choice: str, model) -> int | None:
@@ -208,19 +221,18 @@ def _cmd_compare(args) -> int:
     base = _base_kwargs(args, model)
     eos = _eos_ids(base)
     warpers = _warpers(args)
-    rows = []
-    for name, extra in _comparisons(args):
+    comparisons = _comparisons(args)
+    width = max(len(name) for name, _ in comparisons)
+    # Each strategy's line is printed as soon as it finishes (a large model takes seconds per strategy).
+    print(f"prompt: {args.prompt!r}", flush=True)
+    for name, extra in comparisons:
         kwargs = {**base, **extra}
         if kwargs.get("do_sample"):
             kwargs.update(warpers)
         if "stop_strings" in kwargs and "penalty_alpha" in kwargs:
-            rows.append((name, "(skipped: contrastive search takes no stop strings)"))
-            continue
-        result = generate(model, [ids], tokenizer=tokenizer, **kwargs)
-        text = _new_text(tokenizer, result.sequences[0], len(ids), eos, args.stop)
-        rows.append((name, printable(text)))
-    width = max(len(name) for name, _ in rows)
-    print(f"prompt: {args.prompt!r}")
-    for name, text in rows:
-        print(f"{name:<{width}} | {text}")
+            text = "(skipped: contrastive search takes no stop strings)"
+        else:
+            result = generate(model, [ids], tokenizer=tokenizer, **kwargs)
+            text = printable(_new_text(tokenizer, result.sequences[0], len(ids), eos, args.stop))
+        print(f"{name:<{width}} | {text}", flush=True)
     return 0

@@ -67,11 +67,28 @@ def list_presets() -> list[str]:
     return list(PRESETS)
 
 
+def _spelling_key(name: str) -> str:
+    """A name with case and punctuation ignored: llama2-7b, Llama-2-7B and llama_2_7b all read llama27b."""
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+def canonical_name(name: str) -> str:
+    """The preset a user means: its exact name, any spelling of it that differs only in case, dashes, dots or
+    underscores (llama2-7b, Llama-3.1-8B), or its Hugging Face id (meta-llama/Llama-2-7b-hf). ValueError naming
+    the input and listing the presets otherwise."""
+    if name in PRESETS:
+        return name
+    wanted = _spelling_key(name)
+    for preset, source in SOURCES.items():
+        if wanted in (_spelling_key(preset), _spelling_key(source)):
+            return preset
+    raise ValueError(f"unknown model preset {name!r}; known: {', '.join(PRESETS)}")
+
+
 def get_preset(name: str) -> Config:
-    """The config of a preset; ValueError naming it and listing the known names if there is none."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; known: {', '.join(PRESETS)}")
-    return PRESETS[name]
+    """The config of a preset (any spelling `canonical_name` accepts); ValueError naming it and listing the known
+    names if there is none."""
+    return PRESETS[canonical_name(name)]
 
 
 # --- parameters ----------------------------------------------------------------------------------------------------
@@ -212,6 +229,7 @@ def _position(config: Config) -> str:
 
 def describe(name: str) -> str:
     """A readable summary of a preset, as `scratch info NAME` prints it."""
+    name = canonical_name(name)
     config = get_preset(name)
     count = parameter_count(config)
     if isinstance(config, GPT2Config):

@@ -21,18 +21,39 @@ def _load(name: str):
     return load_tokenizer(name)
 
 
+def read_corpus(corpus: str) -> str:
+    """The text of one corpus file. A binary file (NUL bytes) or one that is not UTF-8 is refused, naming it: BPE
+    would learn its bytes as happily as text, and the vocabulary would be wasted on them."""
+    path = Path(corpus)
+    if not path.is_file():
+        raise FileNotFoundError(f"corpus file not found: {corpus}")
+    data = path.read_bytes()
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise ValueError(f"corpus file {corpus} looks binary (it holds NUL bytes, the first at offset {nul:,}); "
+                         "give UTF-8 text files")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"corpus file {corpus} is not UTF-8 text (byte 0x{data[error.start]:02x} at offset "
+                         f"{error.start:,} is invalid); convert it first, e.g. iconv -t UTF-8") from None
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from scratch.tokenizer import BPETokenizer
 
-    texts = []
-    for corpus in args.corpus:
-        path = Path(corpus)
-        if not path.is_file():
-            raise FileNotFoundError(f"corpus file not found: {corpus}")
-        texts.append(path.read_text(encoding="utf-8", errors="replace"))
-    tokenizer = BPETokenizer.train(texts, args.vocab_size, pattern=args.pattern, special_tokens=args.special or (),
+    texts = [read_corpus(corpus) for corpus in args.corpus]
+    specials = args.special or ()
+    tokenizer = BPETokenizer.train(texts, args.vocab_size, pattern=args.pattern, special_tokens=specials,
                                    progress=not args.quiet)
     tokenizer.save(args.out)
+    wanted = args.vocab_size - 256 - len(specials)
+    if len(tokenizer.merges) < wanted:   # the corpus ran out of pairs: say so, whatever --quiet says
+        print(f"scratch tokenizer train: note: asked for {args.vocab_size:,} tokens, got {tokenizer.n_vocab:,} "
+              f"(256 bytes + {len(tokenizer.merges):,} merges + {len(specials)} special): after "
+              f"{len(tokenizer.merges):,} merges every chunk of the corpus is a single token, so no pair is left to "
+              f"merge (merges never cross the pre-tokenizer's chunks). Give more text or a smaller --vocab-size.",
+              file=sys.stderr)
     if not args.quiet:
         print(f"wrote {args.out}: {tokenizer.n_vocab} tokens ({len(tokenizer.merges)} merges, "
               f"{len(tokenizer.special_tokens)} special)")
@@ -94,12 +115,17 @@ def _cmd_view(args: argparse.Namespace) -> int:
     return 0
 
 
+TOKENIZER_HELP = ("a tokenizer file or folder (our JSON, a tiktoken rank file, a Hugging Face tokenizer.json or "
+                  "folder, a SentencePiece .model) or the name cl100k_base")
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser("tokenizer", help="train, encode, decode and view byte-level BPE tokenizers")
     commands = parser.add_subparsers(dest="tokenizer_command", metavar="SUBCOMMAND", required=True)
 
     train = commands.add_parser("train", help="learn a BPE vocabulary from text files, save it as JSON")
-    train.add_argument("--corpus", nargs="+", required=True, metavar="FILE", help="UTF-8 text files")
+    train.add_argument("--corpus", nargs="+", required=True, metavar="FILE",
+                       help="UTF-8 text files (binary or non-UTF-8 files are refused)")
     train.add_argument("--vocab-size", type=int, required=True, metavar="N",
                        help="256 byte tokens + merges + special tokens")
     train.add_argument("--out", required=True, metavar="PATH", help="where to write the tokenizer JSON")
@@ -109,19 +135,19 @@ def register(subparsers) -> None:
     train.set_defaults(handler=_cmd_train)
 
     encode = commands.add_parser("encode", help="print the token ids of TEXT (or of stdin)")
-    encode.add_argument("--tokenizer", required=True, metavar="PATH_OR_NAME")
+    encode.add_argument("--tokenizer", required=True, metavar="PATH_OR_NAME", help=TOKENIZER_HELP)
     encode.add_argument("--allow-special", action="store_true",
                         help="encode special-token text as special tokens (otherwise it is an error)")
     encode.add_argument("text", nargs="?", help="text to encode; stdin if omitted")
     encode.set_defaults(handler=_cmd_encode)
 
     decode = commands.add_parser("decode", help="print the text of token ids")
-    decode.add_argument("--tokenizer", required=True, metavar="PATH_OR_NAME")
+    decode.add_argument("--tokenizer", required=True, metavar="PATH_OR_NAME", help=TOKENIZER_HELP)
     decode.add_argument("--no-newline", action="store_true", help="do not end the output with a newline")
     decode.add_argument("ids", nargs="+", help="token ids (space or comma separated)")
     decode.set_defaults(handler=_cmd_decode)
 
     view = commands.add_parser("view", help="show how TEXT splits into tokens")
-    view.add_argument("--tokenizer", required=True, metavar="PATH_OR_NAME")
-    view.add_argument("text")
+    view.add_argument("--tokenizer", required=True, metavar="PATH_OR_NAME", help=TOKENIZER_HELP)
+    view.add_argument("text", help="the text to split")
     view.set_defaults(handler=_cmd_view)

@@ -150,18 +150,23 @@ class ProgressReporter:
         self.lines = progress is True
         self.num_merges = num_merges
         self.start = time.perf_counter()
+        self.token_bytes = [bytes([value]) for value in range(256)]   # id -> bytes, for the lines: merge i is 256 + i
 
     def merged(self, done: int, pair: Pair, count: int) -> None:
         if self.callback is not None:
             self.callback(done, self.num_merges, pair, count)
-        if self.lines and done % PROGRESS_EVERY == 0:
-            self.line(done, pair, count)
+        if self.lines:
+            self.token_bytes.append(self.token_bytes[pair[0]] + self.token_bytes[pair[1]])
+            if done % PROGRESS_EVERY == 0:
+                self.line(done, pair, count)
 
     def finished(self, done: int, pair: Pair | None, count: int) -> None:
         if self.lines and (done == 0 or done % PROGRESS_EVERY != 0):
             self.line(done, pair, count)
 
     def line(self, done: int, pair: Pair | None, count: int) -> None:
-        last = f"last pair {pair} count {count}" if pair is not None else "no pair"
+        # The pair as text (b' th' + b'e'), not ids: ids mean nothing to a reader of the log.
+        last = (f"last merge {self.token_bytes[pair[0]]!r} + {self.token_bytes[pair[1]]!r}, count {count}"
+                if pair is not None else "no pair")
         print(f"bpe train: {done}/{self.num_merges} merges, {last}, {time.perf_counter() - self.start:.1f} s",
               file=sys.stderr, flush=True)

@@ -246,10 +246,9 @@ def test_ctrl_c_leaves_quietly_with_130(folder):
 
 @pytest.mark.realmodel
 def test_real_smollm2_greedy_chat_equals_transformers():
-    path = os.environ.get("SCRATCH_REAL_GGUF")
-    if not path or not Path(path).is_file():
-        pytest.skip("set SCRATCH_REAL_GGUF to SmolLM2-135M-Instruct Q4_1 (../shared/tools/get-smollm2 prints it)")
-    path = Path(path)
+    from tests.conftest import require_real_gguf
+
+    path = require_real_gguf()
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
                                                                  dtype=torch.float32)

@@ -5,7 +5,6 @@ disagrees with the tensors raises GGUFError naming the field. The opt-in `realmo
 SmolLM2-135M-Instruct Q4_1 (SCRATCH_REAL_GGUF=path)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import gguf
@@ -332,12 +331,9 @@ def test_save_gguf_refuses_what_it_cannot_write(llama_folder, tmp_path):
 # --- a real checkpoint (opt-in) ------------------------------------------------------------------------------------
 
 def _real_gguf() -> Path:
-    path = os.environ.get("SCRATCH_REAL_GGUF")
-    if not path:
-        pytest.skip("SCRATCH_REAL_GGUF is not set (run ../shared/tools/get-smollm2 and export its path)")
-    if not Path(path).is_file():
-        pytest.skip(f"SCRATCH_REAL_GGUF={path} does not exist")
-    return Path(path)
+    from tests.conftest import require_real_gguf
+
+    return require_real_gguf()
 
 
 @pytest.mark.realmodel

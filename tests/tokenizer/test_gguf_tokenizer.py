@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -262,10 +261,9 @@ def test_bad_metadata_is_a_clear_error(change, message):
 # --------------------------------------------------------------------------------------------------------------
 
 def real_gguf() -> Path:
-    path = os.environ.get("SCRATCH_REAL_GGUF")
-    if not path or not Path(path).is_file():
-        pytest.skip("set SCRATCH_REAL_GGUF to SmolLM2-135M-Instruct Q4_1 (../shared/tools/get-smollm2 prints it)")
-    return Path(path)
+    from tests.conftest import require_real_gguf
+
+    return require_real_gguf()
 
 
 @pytest.mark.realmodel

@@ -224,7 +224,8 @@ def test_progress_true_prints_lines_to_stderr(trainer, capsys, monkeypatch):
     lines = captured.err.splitlines()
     assert [line.split(",")[0] for line in lines] == [
         "bpe train: 2/100 merges", "bpe train: 4/100 merges", "bpe train: 6/100 merges", "bpe train: 7/100 merges"]
-    assert "last pair (261, 259) count 1" in lines[-1] and lines[-1].endswith(" s")
+    # the pair (261, 259) as the text it joins, not as ids
+    assert "last merge b'aaabdaaab' + b'ac', count 1" in lines[-1] and lines[-1].endswith(" s")
 
 
 @pytest.mark.parametrize("trainer", TRAINERS, ids=TRAINER_IDS)
