@@ -53,6 +53,14 @@ def xp(backend):
     return backend.xp
 
 
+# One reason for every missing piece of shared data, and one for the opt-in checkpoint, so their skips fold into one
+# summary line each.
+SHARED_DATA_SKIP = ("real vocabularies and the benchmark corpus are not in a clone (CI has them): set "
+                    "SCRATCH_SHARED_DATA to a folder holding tokenizers/ and corpora/ to run these")
+REAL_GGUF_SKIP = ("opt-in check against a real checkpoint: set SCRATCH_REAL_GGUF to the path of a "
+                  "SmolLM2-135M-Instruct Q4_1 .gguf file to run it")
+
+
 def shared_data_dir() -> Path | None:
     """The `../shared/data` folder beside the checkout (SCRATCH_SHARED_DATA overrides), or None if absent."""
     override = os.environ.get("SCRATCH_SHARED_DATA")
@@ -71,13 +79,6 @@ def require_shared(*relative: str) -> Path:
             pytest.fail(f"shared test data not found: {'/'.join(relative)} under {where}")
         pytest.skip(SHARED_DATA_SKIP)
     return path
-
-
-# One reason for every missing piece of shared data, so the skips fold into one line.
-SHARED_DATA_SKIP = ("real vocabularies and the benchmark corpus are not in a clone (CI has them): set "
-                    "SCRATCH_SHARED_DATA to a folder holding tokenizers/ and corpora/ to run these")
-REAL_GGUF_SKIP = ("opt-in check against a real checkpoint: set SCRATCH_REAL_GGUF to the path of a "
-                  "SmolLM2-135M-Instruct Q4_1 .gguf file to run it")
 
 
 def require_real_gguf() -> Path:
