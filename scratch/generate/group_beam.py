@@ -4,8 +4,8 @@ The num_beams beams are split into num_beam_groups groups that choose in turn ea
 log-probabilities are lowered by diversity_penalty times the number of times each token was chosen this step by
 groups 0..g-1 of the same prompt (Hamming diversity). Each group then does one step of beam search on its own
 beams. It left transformers' core in v5, so this follows transformers 4's `_group_beam_search` (BeamSearchScorer +
-HammingDiversityLogitsProcessor) and is tested on its properties. Not here: stop strings (transformers 4 had none);
-plain beam search and the model side it shares with it (beam.py).
+HammingDiversityLogitsProcessor) and is tested against outputs recorded from transformers 4.55. Not here: stop
+strings (transformers 4 had none); plain beam search and the model side it shares with it (beam.py).
 """
 from __future__ import annotations
 
@@ -132,7 +132,9 @@ class _Hypotheses:
         self.worst = 1e9
 
     def add(self, tokens: np.ndarray, sum_logprobs: float, generated: int) -> None:
-        score = float(np.float32(sum_logprobs) / np.float32(length_divisor(generated, self.length_penalty)))
+        # subtle: Python floats (float64), as transformers 4's BeamHypotheses: a float32 quotient can fall below the
+        # float64 bound `is_done` compares it with, and a group that transformers stops would then run on.
+        score = sum_logprobs / length_divisor(generated, self.length_penalty)
         if len(self.items) < self.n or score > self.worst:
             self.items.append((score, tokens, generated))
             if len(self.items) > self.n:
