@@ -89,22 +89,40 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "handler", None):
-        parser.print_help()
-        return 2
+    """Run one command: its status, 2 with one line on stderr for bad input, 130 after Ctrl-C (no traceback)."""
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "handler", None):
+            parser.print_help()
+            return 2
+        return _run(args)
+    except KeyboardInterrupt:  # Ctrl-C: leave quietly, as a shell expects (128 + SIGINT)
+        sys.stdout.flush()
+        print(file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    import numpy as np
+
     import backends
 
     try:
-        return int(args.handler(args) or 0)
+        # Overflow and NaN are reported by the code that meets them (sampling refuses a NaN distribution); NumPy's
+        # own RuntimeWarnings would only add lines naming our source files.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return int(args.handler(args) or 0)
     except BrokenPipeError:  # `scratch ... | head` closed the pipe: not an error (caught before OSError, its base)
         # Python flushes stdout again at exit and would complain about the closed pipe: point it at /dev/null.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (ValueError, KeyError, OSError, backends.BackendError) as error:
+    except (ValueError, KeyError, OSError, ImportError, MemoryError, backends.BackendError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"scratch {args.command}: error: {message}", file=sys.stderr)
+        if isinstance(error, MemoryError):
+            message = f"out of memory ({message or 'MemoryError'})"
+        line = " ".join(str(message).splitlines())  # one line, whatever the message holds
+        print(f"scratch {args.command}: error: {line}", file=sys.stderr)
         return 2
 
 

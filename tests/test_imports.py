@@ -23,10 +23,11 @@ LAYERS: dict[str, set[str]] = {
     "backends": set(),
     "scratch": set(),                      # scratch/__init__.py: the version and the component table, no imports
     "scratch.atomic": set(),               # host-side file writing, used by every area that saves
+    "scratch.safe_read": set(),            # host-side reading of untrusted files (caps, regular files only)
     "scratch.formats": {"scratch.atomic"},  # host-side readers/writers of file formats (GGUF), numpy only
-    "scratch.tokenizer": {"scratch.atomic", "scratch.formats"},
+    "scratch.tokenizer": {"scratch.atomic", "scratch.safe_read", "scratch.formats"},
     "scratch.nn": {"backends"},
-    "scratch.models": {"backends", "scratch.nn", "scratch.atomic", "scratch.formats"},
+    "scratch.models": {"backends", "scratch.nn", "scratch.atomic", "scratch.safe_read", "scratch.formats"},
     "scratch.generate": {"backends", "scratch.nn", "scratch.models", "scratch.tokenizer"},
     "scratch.train": {"backends", "scratch.nn", "scratch.models", "scratch.atomic", "scratch.tokenizer"},
     "scratch.chat": {"backends", "scratch.nn", "scratch.models", "scratch.tokenizer", "scratch.generate"},

@@ -93,6 +93,8 @@ def is_gguf(path) -> bool:
     """True when `path` is a file that starts with the GGUF magic. Never raises for a path (a folder, a missing or
     unreadable file is simply not GGUF)."""
     try:
+        if not os.path.isfile(path):  # a FIFO would block the open below; /dev/zero is no GGUF either
+            return False
         with open(path, "rb") as handle:
             return handle.read(4) == MAGIC
     except (OSError, TypeError, ValueError):

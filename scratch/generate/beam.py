@@ -45,7 +45,7 @@ def beam_sample(model, prompt, config, rng=None, decode=None):
 
 def _beam(model, prompt, config, rng, decode):
     """The loop shared by beam search (rng None) and beam sampling."""
-    max_new = new_token_budget(prompt, config, model)
+    max_new = new_token_budget(prompt, config, model, rows=prompt.batch_size * config.num_beams)
     if config.num_return_sequences > config.num_beams:
         raise ValueError(f"num_return_sequences ({config.num_return_sequences}) must be <= num_beams "
                          f"({config.num_beams})")
@@ -245,10 +245,13 @@ def _sample_without_replacement(rng, backend, scores, k: int):
     columns = xp.reshape(xp.arange(N, dtype=xp.int64), (1, N))
     picked = []
     remaining = scores
-    for _ in range(k):
+    for pick in range(k):
         mass = xp.sum(probs, axis=-1, keepdims=True)                            # (B, 1)
         safe = xp.where(mass > 0, mass, xp.ones_like(mass))
-        drawn = sample_from_probs(probs / safe, backend.random_uniform(rng, (B,), dtype="float32"))
+        usable = probs / safe        # the first draw: a row with nothing to draw from raises in sample_from_probs
+        if pick:  # a row whose mass is used up draws from a placeholder (its draw is not used); NaN still raises
+            usable = xp.where(mass == 0, xp.full_like(probs, 1.0 / N), usable)
+        drawn = sample_from_probs(usable, backend.random_uniform(rng, (B,), dtype="float32"))
         best_left = xp.astype(xp.argmax(remaining, axis=-1), xp.int64)
         index = xp.where(mass[:, 0] > 0, drawn, best_left)                      # (B,)
         picked.append(index)
@@ -272,7 +275,7 @@ class BeamModel:
     def __init__(self, model, prompt, num_beams: int, max_new: int):
         self.model, self.backend = model, model.backend
         B, T = prompt.batch_size, prompt.length
-        self.cache = model.new_cache(B, T + max_new)                    # exactly as long as needed: reorder copies it
+        self.cache = model.new_cache(B, T + max_new)                    # reorder copies the written part only
         mask = prompt.model_mask(max_new)                               # (B, T + max_new) host or None
         self.mask = None
         if mask is not None:

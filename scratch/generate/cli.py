@@ -186,6 +186,9 @@ def _cmd_generate(args) -> int:
             kwargs["length_penalty"] = args.length_penalty
     elif args.strategy == "contrastive":
         kwargs.update(penalty_alpha=args.penalty_alpha, top_k=args.top_k if args.top_k is not None else 4)
+        if not (kwargs["penalty_alpha"] > 0 and kwargs["top_k"] > 1):  # else generate() would decode greedily
+            raise ValueError(f"--strategy contrastive needs --penalty-alpha > 0 and --top-k >= 2, got "
+                             f"{args.penalty_alpha} and {kwargs['top_k']}")
     else:  # speculative
         if not args.draft_model:
             raise ValueError("--strategy speculative needs --draft-model FOLDER")

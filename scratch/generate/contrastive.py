@@ -65,8 +65,8 @@ def contrastive_search(model, prompt, config):
     backend = model.backend
     xp = backend.xp
     B, T = prompt.batch_size, prompt.length
-    max_new = new_token_budget(prompt, config, model)
     k = min(k, model.n_vocab)
+    max_new = new_token_budget(prompt, config, model, rows=B * k)
     forward = with_hidden_states(model)
     processors = build_processors(config, prompt_length=T)
     stopping = build_stopping(config, T)                                # EOS and the length limit

@@ -30,7 +30,7 @@ def group_beam_search(model, prompt, config):
     whose hypotheses cannot improve is done (it then appends pad tokens). The result: the best
     num_return_sequences hypotheses over all groups of a prompt, with running beams added as hypotheses at the end.
     """
-    max_new = new_token_budget(prompt, config, model)
+    max_new = new_token_budget(prompt, config, model, rows=prompt.batch_size * config.num_beams)
     _check(config)
     backend, xp = model.backend, model.backend.xp
     B, T, num_beams, V = prompt.batch_size, prompt.length, config.num_beams, model.n_vocab

@@ -332,6 +332,8 @@ class SequenceBias:
     first, then longer entries grouped by length in order of first appearance).
     """
 
+    parameter = "sequence_bias"  # the generation parameter this processor comes from, for its error messages
+
     def __init__(self, sequence_bias):
         self._setup(_sequence_bias_items(sequence_bias))
 
@@ -361,7 +363,7 @@ class SequenceBias:
         vocab_size, length = scores.shape[-1], input_ids.shape[1]
         out_of_vocab = sorted({t for ids in self.sequence_bias for t in ids if t >= vocab_size})
         if out_of_vocab:
-            raise ValueError(f"the vocabulary has {vocab_size} tokens, but sequence_bias names token ids "
+            raise ValueError(f"the vocabulary has {vocab_size} tokens, but {self.parameter} names token ids "
                              f"{out_of_vocab}")
         bias = xp.zeros(scores.shape, dtype=scores.dtype) + xp.astype(self._single_bias(scores, vocab_size),
                                                                       scores.dtype)
@@ -385,6 +387,8 @@ class NoBadWords(SequenceBias):
     exactly one EOS id is dropped (banning EOS outright would make generation endless), as transformers does.
     Matches NoBadWordsLogitsProcessor.
     """
+
+    parameter = "bad_words_ids"
 
     def __init__(self, bad_words_ids, eos_token_id=None):
         if not isinstance(bad_words_ids, (list, tuple)) or len(bad_words_ids) == 0:

@@ -15,6 +15,7 @@ import numpy as np  # host side only: prompts are checked and padded on the host
 import backends
 from scratch.generate.config import GenerationConfig
 from scratch.generate.processors import build_processors
+from scratch.nn import kv_cache
 
 __all__ = ["Prompt", "make_config", "pad_id_of", "left_pad", "prepare_prompt", "new_token_budget",
            "processors_for"]
@@ -175,8 +176,10 @@ def prepare_prompt(model, input_ids, config: GenerationConfig, attention_mask=No
             mask_rows = mask
         else:
             mask_rows = np.ones(ids.shape, dtype=np.int64)
+        _check_ids(ids, mask_rows.astype(bool), model.n_vocab)   # before the cast: a uint64 id stays itself
         ids = ids.astype(np.int64)
 
+    _check_special_ids(config, pad, model.n_vocab)
     if rows is not None:
         if any(len(r) == 0 for r in rows):
             if config.bos_token_id is None:
@@ -200,17 +203,38 @@ def prepare_prompt(model, input_ids, config: GenerationConfig, attention_mask=No
     if ids.shape[0] == 0:
         raise ValueError("input_ids holds no prompt (batch size 0)")
 
-    vocab = model.n_vocab
-    real = mask_rows.astype(bool)
-    bad = ids[real & ((ids < 0) | (ids >= vocab))]
-    if bad.size:
-        raise ValueError(f"input_ids holds token id {int(bad[0])}, outside the model's vocabulary [0, {vocab})")
+    _check_ids(ids, mask_rows.astype(bool), model.n_vocab)
     return Prompt(ids, mask_rows, pad)
 
 
-def new_token_budget(prompt: Prompt, config: GenerationConfig, model, draft_model=None) -> int:
-    """The number of new tokens to generate at most (the config's limit minus the prompt); errors when it is < 1 or
-    when prompt + new tokens exceed the context of `model` (or of `draft_model`, which must hold them too)."""
+def _check_ids(ids: np.ndarray, real: np.ndarray, vocab: int) -> None:
+    """ValueError naming the first real token id outside [0, vocab)."""
+    bad = ids[real & ((ids < 0) | (ids >= vocab))]
+    if bad.size:
+        raise ValueError(f"input_ids holds token id {int(bad[0])}, outside the model's vocabulary [0, {vocab})")
+
+
+def _check_special_ids(config: GenerationConfig, pad: int, vocab: int) -> None:
+    """Up front, the ids generation itself will write or look for: EOS, the pad id, BOS (for empty prompts). An id
+    outside the vocabulary would otherwise fail mid-generation, blaming input_ids."""
+    named = [("eos_token_id", token) for token in config.eos_token_ids]
+    if config.pad_token_id is not None:
+        named.append(("pad_token_id", config.pad_token_id))
+    elif config.eos_token_ids:
+        named.append(("pad_token_id (the first eos_token_id, transformers' fallback)", pad))
+    if config.bos_token_id is not None:
+        named.append(("bos_token_id", config.bos_token_id))
+    for name, token in named:
+        if not 0 <= token < vocab:
+            raise ValueError(f"{name} {token} is outside the model's vocabulary [0, {vocab})")
+
+
+def new_token_budget(prompt: Prompt, config: GenerationConfig, model, draft_model=None,
+                     rows: int | None = None) -> int:
+    """The number of new tokens to generate at most (the config's limit minus the prompt); errors when it is < 1,
+    when prompt + new tokens exceed the context of `model` (or of `draft_model`, which must hold them too), or when
+    the KV caches for `rows` sequences (default: the prompt's batch; beam search holds B * num_beams) of that many
+    positions cannot fit in the memory available -- before anything is allocated."""
     T = prompt.length
     total = config.resolved_max_length(T)
     if total <= T:
@@ -223,6 +247,15 @@ def new_token_budget(prompt: Prompt, config: GenerationConfig, model, draft_mode
         if checked is not None and total > checked.max_length:
             raise ValueError(f"prompt ({T} tokens) + {total - T} new tokens = {total} exceed the {name}'s context "
                              f"of {checked.max_length}; lower max_new_tokens")
+    rows = prompt.batch_size if rows is None else rows
+    # (a model without cache_bytes_per_token -- a test double -- is not checked here; KVCache checks again)
+    per_position = sum(getattr(checked, "cache_bytes_per_token", lambda: 0)() for checked in (model, draft_model)
+                       if checked is not None)
+    needed, available = rows * total * per_position, kv_cache.available_memory(model.backend.xp)
+    if available is not None and needed > available:
+        raise ValueError(f"max_new_tokens={total - T:,}: the KV cache of {rows} sequence(s) x {total:,} positions "
+                         f"(prompt + new tokens) needs {needed / 2 ** 30:.2f} GiB, but only "
+                         f"{available / 2 ** 30:.2f} GiB of memory is available; lower max_new_tokens")
     return total - T
 
 

@@ -39,6 +39,8 @@ def sample_from_probs(probs, uniforms):
     probs (B, V) float32 with rows summing to ~1, uniforms (B,) in [0, 1] -> (B,) int64.
     - A token of probability 0 is never chosen (its cumulative sum equals its predecessor's, which was <= u).
     - If rounding leaves the total below u (u close to 1), the last token of non-zero probability is chosen.
+    - A row with nothing to draw from -- NaN or inf in it, or all zeros (scores all -inf, or NaN) -- raises
+      ValueError naming the row, as torch.multinomial refuses it in transformers; no token is made up.
     The CDF is summed in float64, rounded to the probabilities' dtype (float32) and compared there on every
     backend, so a uniform draw maps to the same token everywhere unless it lies within rounding error of a CDF
     boundary.
@@ -48,8 +50,17 @@ def sample_from_probs(probs, uniforms):
     cdf = cumulative_probs(probs)                                            # (B, V), float64 sums rounded
     u = xp.astype(uniforms, probs.dtype)[:, None]                            # (B, 1)
     index = xp.sum(xp.astype(cdf <= u, xp.int64), axis=-1)                   # (B,): first cdf > u
-    if not bool(xp.any(index >= vocab_size)):
+    total = cdf[:, -1]                                                       # (B,): NaN, inf or 0 if unusable
+    drawable = (total > 0) & xp.isfinite(total)
+    if bool(xp.all(drawable & (index < vocab_size))):                        # the one sync of the usual case
         return index
+    if not bool(xp.all(drawable)):
+        row = int(xp.argmax(xp.astype(~drawable, xp.int8)))
+        raise ValueError(f"sampling: row {row} of the next-token probabilities has nothing to draw from (they sum "
+                         f"to {float(total[row])}): the scores are NaN, or -inf for every token -- a temperature so "
+                         f"small that scores / temperature overflow float32, or processors that banned every token. "
+                         f"transformers refuses it too (torch.multinomial: probability tensor contains either inf, "
+                         f"nan or element < 0)")
     # Fallback for index == V: the last index with p > 0 (V-1 minus the position of the first p > 0 from the end).
     nonzero_from_end = xp.flip(probs > 0, axis=-1)
     last_nonzero = (vocab_size - 1) - xp.astype(xp.argmax(xp.astype(nonzero_from_end, xp.int8), axis=-1), xp.int64)

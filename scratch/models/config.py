@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from scratch.atomic import atomic_write
+from scratch.safe_read import read_json
 from scratch.nn import ACTIVATIONS  # activation names as Hugging Face spells them -> the function (one table)
 
 # RoPE frequency schedules we implement: "default" (theta ** (-2i/D)), "linear" (positions divided by `factor`,
@@ -34,7 +35,7 @@ def _check_positive_float(owner: str, name: str, value: Any) -> None:
 
 
 def _check_choice(owner: str, name: str, value: Any, known: tuple[str, ...]) -> None:
-    if value not in known:
+    if not isinstance(value, str) or value not in known:
         raise ValueError(f"{owner}.{name} {value!r} is not supported; known: {', '.join(known)}")
 
 
@@ -252,6 +253,9 @@ class LlamaConfig:
         # RoPE settings come in three spellings: transformers 5 `rope_parameters` (theta inside), transformers 4
         # `rope_theta` + `rope_scaling` (with "rope_type", or "type" before 4.42). 5 reads all; so do we.
         rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
+        if not isinstance(rope, dict):
+            key = "rope_parameters" if d.get("rope_parameters") else "rope_scaling"
+            raise ValueError(f"LlamaConfig.{key} must be a JSON object (rope_type, factor, ...), got {rope!r}")
         if "rope_theta" in rope:
             kwargs["rope_theta"] = rope["rope_theta"]
         elif d.get("rope_theta") is not None:
@@ -357,7 +361,7 @@ CONFIG_CLASSES: dict[str, type] = {"gpt2": GPT2Config, "llama": LlamaConfig, "be
 def config_from_hf(d: dict[str, Any]) -> Config:
     """The config a Hugging Face config.json dict describes, chosen by its "model_type"."""
     model_type = d.get("model_type")
-    if model_type not in CONFIG_CLASSES:
+    if not isinstance(model_type, str) or model_type not in CONFIG_CLASSES:
         raise ValueError(f"unsupported model_type {model_type!r}; known: {', '.join(CONFIG_CLASSES)}")
     return CONFIG_CLASSES[model_type].from_hf(d)
 
@@ -370,12 +374,9 @@ def load_config(folder: str | Path) -> Config:
 def read_config_json(folder: str | Path) -> dict:
     """The JSON object in `folder/config.json`, with errors that name the file."""
     path = Path(folder) / "config.json"
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"no config.json in {Path(folder)}")
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from None
+    d = read_json(path, "config.json")  # a regular file of sane size, UTF-8, JSON not nested absurdly deep
     if not isinstance(d, dict):
         raise ValueError(f"{path} must hold a JSON object, got {type(d).__name__}")
     return d

@@ -20,7 +20,7 @@ from scratch.models.config import GPT2Config
 from scratch.models.decoder import (TransposedVocabMatrix, causal_attention, check_logits_to_keep, decoder_inputs,
                                     last_positions, vocab_matrix)
 from scratch.models.weights import WeightReader, check_dtype, put
-from scratch.nn import KVCache, activation, embedding, layer_norm, linear, merge_heads
+from scratch.nn import KVCache, activation, embedding, kv_bytes_per_token, layer_norm, linear, merge_heads
 
 __all__ = ["GPT2", "GPT2Layer", "from_weights", "from_config"]
 
@@ -164,6 +164,11 @@ class GPT2:
                              f"(learned positions stop there)")
         c = self.config
         return KVCache(self.backend.xp, c.n_layer, batch_size, c.n_head, max_length, c.head_dim, dtype=self.dtype)
+
+    def cache_bytes_per_token(self) -> int:
+        """What one position of one sequence costs in `new_cache`'s buffers (known before allocating them)."""
+        c = self.config
+        return kv_bytes_per_token(c.n_layer, c.n_head, c.head_dim, np.dtype(self.dtype).itemsize)
 
     def __call__(self, input_ids, cache: KVCache | None = None, attention_mask=None, logits_to_keep: int = 0):
         return forward(self, input_ids, cache=cache, attention_mask=attention_mask, logits_to_keep=logits_to_keep)

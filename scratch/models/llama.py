@@ -25,6 +25,7 @@ from scratch.nn import (
     KVCache,
     activation,
     apply_rope,
+    kv_bytes_per_token,
     linear,
     merge_heads,
     rms_norm,
@@ -162,6 +163,12 @@ class Llama:
         c = self.config
         return KVCache(self.backend.xp, c.num_hidden_layers, batch_size, c.num_key_value_heads, max_length,
                        c.head_dim, dtype=self.dtype)
+
+    def cache_bytes_per_token(self) -> int:
+        """What one position of one sequence costs in `new_cache`'s buffers (known before allocating them)."""
+        c = self.config
+        return kv_bytes_per_token(c.num_hidden_layers, c.num_key_value_heads, c.head_dim,
+                                  np.dtype(self.dtype).itemsize)
 
     def rope_cos_sin(self, past: int, T: int, positions=None):
         """RoPE's cos, sin for T new tokens: (1, 1, T, D) for positions past .. past+T-1 (a slice of `rope_table`),

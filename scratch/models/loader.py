@@ -45,7 +45,8 @@ def architecture_of(d: dict) -> str:
             raise ValueError(f"config.json 'architectures' must be a list of names, got {names!r}")
         name = names[0]
     else:
-        name = _DEFAULT_ARCHITECTURE.get(d.get("model_type"))
+        model_type = d.get("model_type")
+        name = _DEFAULT_ARCHITECTURE.get(model_type) if isinstance(model_type, str) else None
         if name is None:
             raise ValueError(f"config.json names no architecture and an unsupported model_type "
                              f"{d.get('model_type')!r}; supported architectures: {', '.join(ARCHITECTURES)}")
@@ -74,11 +75,17 @@ def load(folder, backend="numpy", dtype="float32", adapter=None):
         from scratch.models.gguf import load_gguf_model
 
         return load_gguf_model(folder, backend=backend, dtype=dtype)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{folder} is neither a model folder (config.json + safetensors) nor a GGUF file")
     if not folder.is_dir():
         raise FileNotFoundError(f"model folder {folder} does not exist")
     d = read_config_json(folder)
-    module = importlib.import_module(ARCHITECTURES[architecture_of(d)])
+    architecture = architecture_of(d)
     config = config_from_hf(d)
+    if _CONFIG_MODULES[type(config)] != ARCHITECTURES[architecture]:
+        raise ValueError(f"{folder / 'config.json'}: architectures names {architecture!r} but model_type is "
+                         f"{d.get('model_type')!r}")
+    module = importlib.import_module(ARCHITECTURES[architecture])
     weights = load_folder(folder)   # memory-mapped host arrays; the model casts each to `dtype` on transfer
     if adapter is not None:
         weights = merge_adapter(weights, read_adapter(adapter))          # the adapted matrices, W + scaling B A

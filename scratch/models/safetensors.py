@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
+import secrets
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from scratch.atomic import atomic_write
+from scratch.atomic import atomic_write, fsync_folder, remove_stale_temporaries
+from scratch.safe_read import parse_json, read_json
 
 # safetensors dtype -> NumPy dtype of the stored bytes. BF16 has no NumPy dtype: its raw bits are read as uint16
 # and widened to float32 by `bf16_bits_to_float32` (exact: every bfloat16 value is a float32 value).
@@ -34,6 +39,7 @@ _WRITE_DTYPES: dict[str, str] = {
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 # A header this large is a corrupt length field, not a real header (the reference implementation caps it at 100 MB).
 MAX_HEADER_BYTES = 100_000_000
+MAX_DIMS = 64  # NumPy's limit on an array's dimensions (NPY_MAXDIMS)
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -77,7 +83,10 @@ def float32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
 
 def _read_raw_header(path: Path) -> tuple[dict[str, Any], int, int]:
     """(header dict, byte offset of the data buffer, buffer size), with every entry checked."""
-    size = path.stat().st_size
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode):  # /dev/zero, a FIFO, a folder: refused before anything is opened
+        raise SafetensorsError(f"{path}: not a regular file")
+    size = info.st_size
     if size < 8:
         raise SafetensorsError(f"{path}: truncated file ({size} bytes; the 8-byte header length is missing)")
     with open(path, "rb") as f:
@@ -88,9 +97,9 @@ def _read_raw_header(path: Path) -> tuple[dict[str, Any], int, int]:
             raise SafetensorsError(f"{path}: header length {n} exceeds {MAX_HEADER_BYTES} bytes")
         raw = f.read(n)
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise SafetensorsError(f"{path}: header is not JSON ({error})") from None
+        header = parse_json(raw, path)
+    except ValueError as error:  # not UTF-8, not JSON, or nested too deeply
+        raise SafetensorsError(f"{path}: header is not JSON ({str(error).removeprefix(f'{path}: ')})") from None
     if not isinstance(header, dict):
         raise SafetensorsError(f"{path}: header must be a JSON object, got {type(header).__name__}")
     buffer_size = size - 8 - n
@@ -115,6 +124,9 @@ def _check_header(path: Path, header: dict[str, Any], buffer_size: int) -> None:
         if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                                                   for d in shape):
             raise SafetensorsError(f"{path}: tensor {name!r} has invalid shape {shape!r}")
+        if len(shape) > MAX_DIMS:
+            raise SafetensorsError(f"{path}: tensor {name!r} has {len(shape)} dimensions; at most {MAX_DIMS} "
+                                   f"are supported")
         if (not isinstance(offsets, list) or len(offsets) != 2
                 or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
                 or not 0 <= offsets[0] <= offsets[1]):
@@ -154,7 +166,11 @@ def _convert(raw: np.ndarray, stored: str, dtype: str | None) -> np.ndarray:
 
 
 def _check_dtype(dtype: str | None) -> None:
-    if dtype is not None and np.dtype(dtype).kind != "f":
+    try:
+        floating = dtype is None or np.dtype(dtype).kind == "f"
+    except TypeError:  # not a dtype at all ("bogus")
+        floating = False
+    if not floating:
         raise ValueError(f"dtype must be a floating dtype name such as 'float32', got {dtype!r}")
 
 
@@ -199,23 +215,42 @@ def load_tensor(path: str | Path, name: str, dtype: str | None = None) -> np.nda
     return _convert(_tensor(_open(path, offset, size), header[name]), header[name]["dtype"], dtype)
 
 
+def is_plain_file_name(name: Any) -> bool:
+    """True for a name that can only mean a file directly inside a folder: no path separator (either kind), not
+    '', '.' or '..', not absolute, no drive (':') or NUL. A link of that name inside the folder may point anywhere
+    (the Hugging Face cache links snapshots/<commit>/NAME into ../../blobs/); the rule is on the name."""
+    return (isinstance(name, str) and name not in ("", ".", "..")
+            and not any(char in name for char in ("/", "\\", ":", "\0")))
+
+
+def _read_index(index: Path) -> dict[str, list[str]]:
+    """shard file name -> the tensors it holds, from a model.safetensors.index.json, every name checked."""
+    data = read_json(index, "safetensors index")
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict):
+        raise SafetensorsError(f"{index}: not a safetensors index: it needs a \"weight_map\" object of tensor name "
+                               f"-> shard file name")
+    shards: dict[str, list[str]] = {}
+    for name, shard in weight_map.items():
+        if not is_plain_file_name(shard):
+            raise SafetensorsError(f"{index}: tensor {name!r} is mapped to {shard!r}, which is not a plain file name "
+                                   f"in the folder (no path separators, '..' or absolute paths)")
+        shards.setdefault(shard, []).append(name)
+    return shards
+
+
 def load_folder(folder: str | Path, dtype: str | None = None) -> dict[str, np.ndarray]:
     """Every tensor of a Hugging Face model folder: `model.safetensors`, or the shards that
-    `model.safetensors.index.json` lists ({"weight_map": {tensor name: shard file name}})."""
+    `model.safetensors.index.json` lists ({"weight_map": {tensor name: shard file name}}). When both are present,
+    model.safetensors wins, as in transformers. Shard names must be plain file names inside the folder."""
     folder = Path(folder)
+    single = folder / SINGLE_NAME
+    if single.exists():  # (exists, not is_file: a FIFO or a folder of that name gets its own error)
+        return load_file(single, dtype)
     index = folder / INDEX_NAME
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise SafetensorsError(f"{index}: not a safetensors index with a weight_map ({error!r})") from None
-        if not isinstance(weight_map, dict):
-            raise SafetensorsError(f"{index}: weight_map must be an object, got {type(weight_map).__name__}")
-        shards: dict[str, list[str]] = {}
-        for name, shard in weight_map.items():
-            shards.setdefault(shard, []).append(name)
+    if index.exists():
         tensors: dict[str, np.ndarray] = {}
-        for shard, names in shards.items():
+        for shard, names in _read_index(index).items():
             shard_path = folder / shard
             if not shard_path.is_file():
                 raise FileNotFoundError(f"{index} names {shard!r} (for {names[0]!r} and {len(names) - 1} more) "
@@ -226,9 +261,6 @@ def load_folder(folder: str | Path, dtype: str | None = None) -> dict[str, np.nd
                     raise SafetensorsError(f"{index} maps tensor {name!r} to {shard!r}, which does not hold it")
                 tensors[name] = loaded[name]
         return tensors
-    single = folder / SINGLE_NAME
-    if single.is_file():
-        return load_file(single, dtype)
     raise FileNotFoundError(f"no {SINGLE_NAME} or {INDEX_NAME} in {folder}")
 
 
@@ -284,18 +316,70 @@ def save_file(tensors: Mapping[str, Any], path: str | Path, metadata: Mapping[st
     return path
 
 
+# Shard names as save_folder writes them: Hugging Face's, or with a random tag while the plain names are in use.
+_SHARD_NAME = re.compile(r"model-\d{5,}-of-\d{5,}(?:-[0-9a-f]{8})?\.safetensors")
+
+
+def _live_files(folder: Path) -> set[str]:
+    """The names load_folder reads in `folder` now: model.safetensors, else the index and the shards it names."""
+    if (folder / SINGLE_NAME).is_file():
+        return {SINGLE_NAME}
+    if not (folder / INDEX_NAME).is_file():
+        return set()
+    try:
+        return {INDEX_NAME, *_read_index(folder / INDEX_NAME)}
+    except (ValueError, OSError):  # an unreadable index: no shard is reachable through it
+        return {INDEX_NAME}
+
+
+def _remove(folder: Path, names: set[str]) -> None:
+    """Delete `names` from `folder`, the index first (from then on no reader looks for its shards)."""
+    if INDEX_NAME in names:
+        (folder / INDEX_NAME).unlink(missing_ok=True)
+        fsync_folder(folder)
+    for name in sorted(names - {INDEX_NAME}):
+        (folder / name).unlink(missing_ok=True)
+    fsync_folder(folder)
+
+
+def _remove_leftovers(folder: Path, live: set[str]) -> None:
+    """What a killed save left: temporaries of dead processes, an index or shards that no reader reaches."""
+    remove_stale_temporaries(folder)
+    _remove(folder, {entry.name for entry in os.scandir(folder) if entry.name not in live
+                     and (entry.name == INDEX_NAME or _SHARD_NAME.fullmatch(entry.name))})
+
+
+def _write_index(folder: Path, groups: list[list[str]], names: list[str], total: int) -> Path:
+    weight_map = {tensor: name for name, group in zip(names, groups) for tensor in group}
+    with atomic_write(folder / INDEX_NAME) as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    return folder / INDEX_NAME
+
+
 def save_folder(tensors: Mapping[str, Any], folder: str | Path, max_shard_bytes: int | None = None, *,
                 bf16: bool = False) -> Path:
     """Write a model folder's weights: one `model.safetensors`, or, when `max_shard_bytes` is given and exceeded,
-    shards `model-00001-of-0000N.safetensors` plus `model.safetensors.index.json`, as Hugging Face lays them out."""
+    shards `model-00001-of-0000N.safetensors` plus `model.safetensors.index.json`, as Hugging Face lays them out.
+
+    One transaction: whenever the process stops, load_folder reads either the whole old set or the whole new one.
+    The new files are written beside the old ones (each atomically), then one step switches readers over --
+    replacing model.safetensors, writing the index, or deleting model.safetensors, which readers prefer -- and only
+    then is what the old set had and the new one lacks deleted (stale index, orphan shards). New shards whose plain
+    names the old set still uses are written under tagged names first, then hard-linked to the plain names and
+    switched again by a second index. The next save deletes what a killed one left. One writer at a time.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    old = _live_files(folder)
+    _remove_leftovers(folder, old)
     sizes = {name: np.asarray(array).size * (2 if bf16 and np.asarray(array).dtype.kind == "f"
                                              else np.asarray(array).dtype.itemsize)
              for name, array in tensors.items()}
     total = sum(sizes.values())
     if max_shard_bytes is None or total <= max_shard_bytes:
-        return save_file(tensors, folder / SINGLE_NAME, FOLDER_METADATA, bf16=bf16)
+        path = save_file(tensors, folder / SINGLE_NAME, FOLDER_METADATA, bf16=bf16)   # the switch: read first
+        _remove(folder, old - {SINGLE_NAME})
+        return path
     groups: list[list[str]] = [[]]
     used = 0
     for name in tensors:  # in the given order; a tensor larger than the limit gets a shard of its own
@@ -304,12 +388,21 @@ def save_folder(tensors: Mapping[str, Any], folder: str | Path, max_shard_bytes:
             used = 0
         groups[-1].append(name)
         used += sizes[name]
-    weight_map = {}
-    for number, names in enumerate(groups, 1):
-        shard = f"model-{number:05d}-of-{len(groups):05d}.safetensors"
-        save_file({n: tensors[n] for n in names}, folder / shard, FOLDER_METADATA, bf16=bf16)
-        weight_map.update({n: shard for n in names})
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    with atomic_write(folder / INDEX_NAME) as f:
-        json.dump(index, f, indent=2)
-    return folder / INDEX_NAME
+    names = [f"model-{number:05d}-of-{len(groups):05d}.safetensors" for number in range(1, len(groups) + 1)]
+    tag = secrets.token_hex(4)
+    tagged = bool(old & set(names))       # the old index names these files: they must not change before the switch
+    written = [name.replace(".safetensors", f"-{tag}.safetensors") for name in names] if tagged else names
+    for name, group in zip(written, groups):
+        save_file({tensor: tensors[tensor] for tensor in group}, folder / name, FOLDER_METADATA, bf16=bf16)
+    index = _write_index(folder, groups, written, total)   # the switch (a model.safetensors still wins until...)
+    _remove(folder, old - {INDEX_NAME} - set(written))      # ...it is deleted here, with the old shards
+    if tagged:
+        try:
+            for name, tagged_name in zip(names, written):
+                (folder / name).unlink(missing_ok=True)     # no reader looks at the plain names now
+                os.link(folder / tagged_name, folder / name)
+        except OSError:  # a file system without hard links: the tagged names stay (the index names them)
+            return index
+        _write_index(folder, groups, names, total)          # the second switch, to Hugging Face's names
+        _remove(folder, set(written))
+    return index

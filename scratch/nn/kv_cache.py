@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numbers
 
-__all__ = ["KVCache", "kv_bytes_per_token"]
+__all__ = ["KVCache", "kv_bytes_per_token", "available_memory"]
 
 
 class KVCache:
@@ -43,6 +43,8 @@ class KVCache:
         self.max_length, self.head_dim = int(max_length), int(head_dim)
         self.dtype = dtype
         shape = (batch_size, n_kv_heads, max_length, head_dim)      # (B, Hkv, S_max, D)
+        _check_fits(xp, batch_size * max_length * self.bytes_per_token(),
+                    f"a KV cache of {batch_size} row(s) x max_length={max_length:,} positions")
         self._k = [xp.zeros(shape, dtype=dtype) for _ in range(n_layers)]
         self._v = [xp.zeros(shape, dtype=dtype) for _ in range(n_layers)]
         self._length = 0
@@ -115,7 +117,8 @@ class KVCache:
         """Beam search: row b of the new cache is row indices[b] of the old one, in every layer.
 
         indices: (B_new,) integers (array of this backend, or a list); B_new may differ from B (e.g. expanding one
-        prompt into several beams). One gather per buffer (xp.take copies the whole buffer once).
+        prompt into several beams). Only the `length` positions written so far are gathered and copied: a step
+        costs what has been generated, not what max_length reserved.
         """
         self._between_steps("reorder")
         xp = self.xp
@@ -124,8 +127,21 @@ class KVCache:
         if indices.ndim != 1 or indices.shape[0] == 0:
             raise ValueError(f"KVCache.reorder: indices must be a non-empty 1-D array, "
                              f"got shape {tuple(indices.shape)}")
-        self._k = [xp.take(buf, indices, axis=0) for buf in self._k]
-        self._v = [xp.take(buf, indices, axis=0) for buf in self._v]
+        if indices.shape[0] != self.batch_size:
+            _check_fits(xp, int(indices.shape[0]) * self.max_length * self.bytes_per_token(),
+                        f"KVCache.reorder to {int(indices.shape[0])} rows x max_length={self.max_length:,} positions")
+        self._k = [self._gather_written(buf, indices) for buf in self._k]
+        self._v = [self._gather_written(buf, indices) for buf in self._v]
+
+    def _gather_written(self, buf, indices):
+        """buf (B, Hkv, S_max, D) -> (B_new, Hkv, S_max, D) whose rows are buf's rows `indices` on [0, length)."""
+        xp, written = self.xp, self._length
+        rows = xp.take(buf[:, :, :written, :], indices, axis=0)           # (B_new, Hkv, length, D), a copy
+        if indices.shape[0] != buf.shape[0]:                                # a new batch size: new buffers
+            # empty, not zeros: nothing past `length` is ever read, so the reserved part costs no writing either
+            buf = xp.empty((indices.shape[0],) + tuple(buf.shape[1:]), dtype=buf.dtype)
+        buf[:, :, :written, :] = rows
+        return buf
 
     def crop(self, length: int) -> None:
         """Speculative decoding: forget positions >= length (0 <= length <= self.length). The data stays; later
@@ -178,3 +194,44 @@ def _itemsize(xp, dtype) -> int:
         return xp.finfo(dtype).bits // 8
     except (TypeError, ValueError):
         return xp.iinfo(dtype).bits // 8
+
+
+# --- memory --------------------------------------------------------------------------------------------------------
+
+def available_memory(xp) -> int | None:
+    """Bytes a new allocation in namespace `xp` can take now, or None when it cannot be told.
+
+    CuPy: the device's free memory plus what CuPy's pool holds unused. Otherwise host memory: Linux's MemAvailable
+    (free memory plus what the page cache would give back), lowered to a cgroup's limit (a container's) if tighter.
+    """
+    if xp.__name__.startswith("cupy"):
+        free, _total = xp.cuda.runtime.memGetInfo()
+        return int(free) + int(xp.get_default_memory_pool().free_bytes())
+    available = None
+    try:
+        with open("/proc/meminfo", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        with open("/sys/fs/cgroup/memory.max", "rb") as limit, open("/sys/fs/cgroup/memory.current", "rb") as used:
+            room = int(limit.read()) - int(used.read())           # "max" (no limit) fails int(): skipped
+        available = room if available is None else min(available, room)
+    except (OSError, ValueError):
+        pass
+    return available
+
+
+def _check_fits(xp, nbytes: int, what: str) -> None:
+    """ValueError before allocating `nbytes` that the memory available cannot hold (the allocation would fail, or
+    swap and be killed, long after the call that asked for it)."""
+    available = available_memory(xp)
+    if available is not None and nbytes > available:
+        raise ValueError(f"{what} needs {_gib(nbytes)} but only {_gib(available)} of memory is available")
+
+
+def _gib(nbytes: int) -> str:
+    return f"{nbytes / 2 ** 30:.2f} GiB" if nbytes >= 2 ** 26 else f"{nbytes / 2 ** 20:.1f} MiB"

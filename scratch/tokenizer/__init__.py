@@ -11,6 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from scratch.formats.gguf import is_gguf
+from scratch.safe_read import check_regular_file
 from scratch.tokenizer.bpe import BPETokenizer, StreamDecoder
 
 __all__ = ["BPETokenizer", "StreamDecoder", "load_tokenizer"]
@@ -70,6 +71,8 @@ def load_tokenizer(path_or_name: str | Path):
         from scratch.tokenizer.gguf_vocab import from_gguf
 
         return from_gguf(path)
+    if not path.is_dir():
+        check_regular_file(path, "tokenizer")  # /dev/zero, a FIFO, a 10 GB file: refused before any read
     if path.is_dir():
         from scratch.tokenizer.chat_template import with_folder_chat_template  # + the folder's chat template
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import regex
 
 from scratch.atomic import atomic_write
+from scratch.safe_read import read_bytes
 from scratch.tokenizer.bpe_fast import FastEncoder
 from scratch.tokenizer.chat_template import ChatTemplateMixin
 from scratch.tokenizer.pretokenize import MAX_RUN_CHARS, pretokenize, resolve_pattern
@@ -222,7 +223,7 @@ class BPETokenizer(ChatTemplateMixin):  # + apply_chat_template (chat_template.p
         ranks = read_ranks(path)
         vocab = {rank: token for token, rank in ranks.items()}
         try:
-            return cls(vocab, derive_merges(ranks), pattern, special_tokens, ignore_merges=True,
+            return cls(vocab, derive_merges(ranks, str(path)), pattern, special_tokens, ignore_merges=True,
                        merge_rank="token_id")
         except ValueError as error:
             raise ValueError(f"{path}: {error}") from None
@@ -249,8 +250,8 @@ class BPETokenizer(ChatTemplateMixin):  # + apply_chat_template (chat_template.p
         ValueError naming the file and the problem."""
         path = Path(path)
         try:
-            data = json.loads(path.read_bytes().decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            data = json.loads(read_bytes(path, "tokenizer").decode("utf-8"))   # regular file, size capped
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
             raise ValueError(f"{path}: not a readable {FORMAT_NAME} tokenizer file (truncated or corrupt JSON: "
                              f"{error})") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:

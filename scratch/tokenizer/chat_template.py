@@ -21,6 +21,8 @@ from typing import Any
 
 import regex
 
+from scratch.safe_read import read_json
+
 __all__ = ["ChatTemplateMixin", "render_chat_template", "read_folder_chat_template", "with_folder_chat_template",
            "select_template", "encode_with_special_tokens", "MISSING_JINJA"]
 
@@ -180,10 +182,7 @@ def _token_text(value) -> str | None:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    data = read_json(path, "json")  # a regular file of sane size, UTF-8, not nested absurdly deep
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data

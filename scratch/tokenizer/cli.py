@@ -42,6 +42,9 @@ def read_corpus(corpus: str) -> str:
 def _cmd_train(args: argparse.Namespace) -> int:
     from scratch.tokenizer import BPETokenizer
 
+    if not Path(args.out).parent.is_dir() or Path(args.out).is_dir():  # before training, not after it
+        raise FileNotFoundError(f"--out {args.out}: " + ("it is a folder" if Path(args.out).is_dir() else
+                                                          f"the folder {Path(args.out).parent} does not exist"))
     texts = [read_corpus(corpus) for corpus in args.corpus]
     specials = args.special or ()
     tokenizer = BPETokenizer.train(texts, args.vocab_size, pattern=args.pattern, special_tokens=specials,

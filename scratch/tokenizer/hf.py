@@ -19,6 +19,7 @@ from typing import Iterable
 import regex
 
 from scratch.atomic import atomic_write
+from scratch.safe_read import LIMITS, read_json, read_text
 from scratch.tokenizer.bpe import BPETokenizer
 from scratch.tokenizer.pretokenize import PATTERNS, compile_pattern, pretokenize, resolve_pattern, split_isolated
 
@@ -223,10 +224,8 @@ class HFTokenizer(BPETokenizer):
 # ---------------------------------------------------------------------------------------------------------------
 
 def _read_json(path: Path):
-    try:
-        return json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: not valid JSON (truncated or corrupt: {error})") from None
+    """A JSON file of the folder: regular, within its size cap, UTF-8, parseable (errors name the file)."""
+    return read_json(path, path.name if path.name in LIMITS else "json")
 
 
 def _pattern_from_pre_tokenizer(spec, source: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -249,10 +248,10 @@ def _pattern_from_pre_tokenizer(spec, source: str) -> tuple[tuple[str, ...], tup
             if behavior != "isolated" or step.get("invert"):
                 raise ValueError(f"{source}: Split pre-tokenizer with behavior {step.get('behavior')!r} "
                                  f"invert={step.get('invert')!r} is not supported (only Isolated)")
-            pattern = step.get("pattern", {})
-            if "Regex" in pattern:
+            pattern = step.get("pattern")
+            if isinstance(pattern, dict) and isinstance(pattern.get("Regex"), str):
                 target.append(from_oniguruma(pattern["Regex"]))
-            elif "String" in pattern:
+            elif isinstance(pattern, dict) and isinstance(pattern.get("String"), str):
                 target.append(regex.escape(pattern["String"]))
             else:
                 raise ValueError(f"{source}: Split pre-tokenizer without a pattern: {step!r}")
@@ -297,9 +296,11 @@ def from_oniguruma(pattern: str) -> str:
 def _added_from_types(types_path: Path) -> dict[str, tuple[int, bool]]:
     """Added tokens from a tokens.json table (type 3 control = special, 4 user-defined = not special)."""
     rows = _read_json(types_path)
+    if not isinstance(rows, list):
+        raise ValueError(f"{types_path}: expected a list of [piece, type, ...] rows, got {type(rows).__name__}")
     added = {}
     for token_id, row in enumerate(rows):
-        if isinstance(row, list) and len(row) >= 2 and row[1] in (3, 4):
+        if isinstance(row, list) and len(row) >= 2 and isinstance(row[0], str) and row[1] in (3, 4):
             added[row[0]] = (token_id, row[1] == 3)
     return added
 
@@ -315,6 +316,10 @@ def _added_by_reachability(vocab: dict[str, int], merges: list[tuple[str, str]])
 def _build(vocab: dict[str, int], merges: list[tuple[str, str]], added: dict[str, tuple[int, bool]],
            pattern, byte_level_pattern, ignore_merges: bool, source: str, normalizer: str | None = None
            ) -> HFTokenizer:
+    for token, token_id in vocab.items():
+        if isinstance(token_id, bool) or not isinstance(token_id, int) or token_id < 0:
+            raise ValueError(f"{source}: vocabulary token {token!r} has id {token_id!r}; ids are non-negative "
+                             f"integers")
     ids: dict[int, bytes] = {}
     for token, token_id in vocab.items():
         if token in added:
@@ -366,6 +371,8 @@ def _from_tokenizer_json(path: Path, pattern, ignore_merges: bool | None) -> HFT
     vocab = model.get("vocab")
     if not isinstance(vocab, dict):
         raise ValueError(f"{source}: model.vocab must be an object of token -> id")
+    if not isinstance(model.get("merges", []), list):
+        raise ValueError(f"{source}: model.merges must be a list of pairs, got {model['merges']!r}")
     merges = []
     for index, merge in enumerate(model.get("merges", [])):
         if isinstance(merge, str):
@@ -379,6 +386,8 @@ def _from_tokenizer_json(path: Path, pattern, ignore_merges: bool | None) -> HFT
         merges.append((parts[0], parts[1]))
     vocab = dict(vocab)
     added = {}
+    if not isinstance(data.get("added_tokens") or [], list):
+        raise ValueError(f"{source}: added_tokens must be a list of token objects, got {data['added_tokens']!r}")
     for entry in data.get("added_tokens") or []:
         if not isinstance(entry, dict) or not isinstance(entry.get("content"), str) or \
                 not isinstance(entry.get("id"), int):
@@ -404,15 +413,14 @@ def _simplest(regexes: tuple[str, ...]) -> str | tuple[str, ...]:
 
 def _read_merges_txt(path: Path) -> list[tuple[str, str]]:
     merges = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            line = line.rstrip("\r\n")
-            if (number == 1 and line.startswith("#version")) or not line:
-                continue
-            parts = line.split(" ")
-            if len(parts) != 2:
-                raise ValueError(f"{path}:{number}: expected two tokens separated by one space, got {line!r}")
-            merges.append((parts[0], parts[1]))
+    text = read_text(path, "merges.txt").replace("\r\n", "\n").replace("\r", "\n")   # universal newlines
+    for number, line in enumerate(text.split("\n"), 1):
+        if (number == 1 and line.startswith("#version")) or not line:
+            continue
+        parts = line.split(" ")
+        if len(parts) != 2:
+            raise ValueError(f"{path}:{number}: expected two tokens separated by one space, got {line!r}")
+        merges.append((parts[0], parts[1]))
     return merges
 
 
@@ -422,11 +430,19 @@ def _from_vocab_merges(folder: Path, pattern, ignore_merges) -> HFTokenizer:
         raise ValueError(f"{folder / 'vocab.json'}: expected an object of token -> id")
     merges = _read_merges_txt(folder / "merges.txt")
     meta = _read_json(folder / "meta.json") if (folder / "meta.json").is_file() else {}
+    if not isinstance(meta, dict):
+        raise ValueError(f"{folder / 'meta.json'}: expected a JSON object, got {type(meta).__name__}")
     pre = meta.get("tokenizer.ggml.pre")
+    if pre is not None and not isinstance(pre, str):
+        raise ValueError(f"{folder / 'meta.json'}: tokenizer.ggml.pre must be a name, got {pre!r}")
     if (folder / "tokens.json").is_file():
         added = _added_from_types(folder / "tokens.json")
     elif isinstance(meta.get("control_or_user_defined_tokens"), list):
-        added = {text: (int(token_id), True) for token_id, text in meta["control_or_user_defined_tokens"]}
+        entries = meta["control_or_user_defined_tokens"]
+        if not all(isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], int)
+                   and isinstance(entry[1], str) for entry in entries):
+            raise ValueError(f"{folder / 'meta.json'}: control_or_user_defined_tokens must list [id, text] pairs")
+        added = {text: (token_id, True) for token_id, text in entries}
     else:
         added = _added_by_reachability(vocab, merges)
     byte_level_pattern: tuple[str, ...] = ()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import heapq
+import numbers
 import os
 import struct
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Iterable, Iterator
 
 import regex
 
+from scratch.safe_read import read_bytes
 from scratch.tokenizer.chat_template import ChatTemplateMixin
 
 SPACE = "\u2581"  # "▁" LOWER ONE EIGHTH BLOCK: SentencePiece's visible stand-in for " "
@@ -241,8 +243,7 @@ class SentencePieceBPE(ChatTemplateMixin):  # + apply_chat_template (chat_templa
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "SentencePieceBPE":
         """Load a sentencepiece `.model` file (a serialized ModelProto)."""
-        with open(path, "rb") as handle:
-            data = handle.read()
+        data = read_bytes(path, "sentencepiece")      # a regular file of sane size (not /dev/zero, not a FIFO)
         try:
             pieces, trainer, normalizer = parse_model_proto(data, source=str(path))
         except ValueError as error:
@@ -303,7 +304,7 @@ class SentencePieceBPE(ChatTemplateMixin):  # + apply_chat_template (chat_templa
         return self.trainer.pad_id
 
     def id_to_piece(self, token_id: int) -> str:
-        self._check_id(token_id)
+        token_id = self._check_id(token_id)
         return self.pieces[token_id][0]
 
     def piece_to_id(self, piece: str) -> int:
@@ -313,9 +314,13 @@ class SentencePieceBPE(ChatTemplateMixin):  # + apply_chat_template (chat_templa
             found = self._reserved.get(piece, self.unk_id)
         return found
 
-    def _check_id(self, token_id) -> None:
-        if not isinstance(token_id, int) or isinstance(token_id, bool) or not 0 <= token_id < len(self.pieces):
-            raise ValueError(f"token id {token_id!r} is outside the vocabulary (0..{len(self.pieces) - 1})")
+    def _check_id(self, token_id) -> int:
+        """`token_id` as a Python int (NumPy integers welcome: generate returns them), checked to be a piece."""
+        if isinstance(token_id, bool) or not isinstance(token_id, numbers.Integral):
+            raise ValueError(f"token ids must be integers, got {token_id!r}")
+        if not 0 <= token_id < len(self.pieces):
+            raise ValueError(f"token id {int(token_id)} is outside the vocabulary (0..{len(self.pieces) - 1})")
+        return int(token_id)
 
     # -- encoding ----------------------------------------------------------------------------------------------
     def normalize(self, text: str) -> str:
@@ -498,7 +503,7 @@ class SentencePieceBPE(ChatTemplateMixin):  # + apply_chat_template (chat_templa
         keep_stripping = self.normalizer.remove_extra_whitespaces
         run = bytearray()
         for token_id in ids:
-            self._check_id(token_id)
+            token_id = self._check_id(token_id)
             kind = self.types[token_id]
             if kind == BYTE and token_id in self._byte_of:
                 run.append(self._byte_of[token_id])
@@ -525,7 +530,7 @@ class SentencePieceBPE(ChatTemplateMixin):  # + apply_chat_template (chat_templa
     def token_bytes(self, token_id: int) -> bytes:
         """The bytes one token stands for, spaces shown as spaces ("▁Hello" -> b" Hello", <0xE2> -> b"\\xe2");
         control pieces are b"" and <unk> its surface " ⁇ "."""
-        self._check_id(token_id)
+        token_id = self._check_id(token_id)
         kind = self.types[token_id]
         if kind == BYTE and token_id in self._byte_of:
             return bytes([self._byte_of[token_id]])

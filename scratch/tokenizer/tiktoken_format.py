@@ -11,8 +11,11 @@ from __future__ import annotations
 import base64
 import binascii
 import importlib.util
+import os
 import re
 from pathlib import Path
+
+from scratch.safe_read import read_bytes
 
 # Special tokens that sit after the ranks in OpenAI's and Meta's vocabularies (they are not in the rank files).
 GPT2_SPECIAL_TOKENS = {"<|endoftext|>": 50256}
@@ -40,12 +43,18 @@ def llama3_special_tokens(n_ranks: int = 128_000, n_special: int = 256) -> dict[
     return {token: n_ranks + offset for offset, token in enumerate(named + reserved)}
 
 
+# The bytes derive_merges may read trying cuts (sum of n * (n - 1) over the tokens): cl100k_base needs 5.1M, a
+# 50th of this; a file of prefix chains a, aa, aaa, ... is refused past ~900 tokens instead of taking minutes.
+MAX_SPLIT_BYTES = 1 << 28
+
 _RANK_LINE = re.compile(rb"^[A-Za-z0-9+/]*={0,2} \d+\r?$")
 
 
 def looks_like_tiktoken(path: str | Path) -> bool:
     """True if the file starts like a rank file (its first lines are base64 + space + integer). Tells Meta's
     Llama 3 `tokenizer.model` (a rank file) from a SentencePiece `tokenizer.model` (a binary protobuf)."""
+    if not os.path.isfile(path):  # a FIFO would block the open; a device is no rank file
+        return False
     with open(path, "rb") as handle:
         head = handle.read(4096)
     lines = [line for line in head.split(b"\n")[:-1] if line] if b"\n" in head else [head]
@@ -57,8 +66,7 @@ def read_ranks(path: str | Path) -> dict[bytes, int]:
     the file and the line."""
     path = Path(path)
     ranks: dict[bytes, int] = {}
-    with open(path, "rb") as handle:
-        data = handle.read()
+    data = read_bytes(path, "tiktoken")       # a regular file of sane size (not /dev/zero, not a FIFO)
     for number, line in enumerate(data.splitlines(), 1):
         if not line.strip():
             continue
@@ -78,13 +86,23 @@ def read_ranks(path: str | Path) -> dict[bytes, int]:
     return ranks
 
 
-def derive_merges(ranks: dict[bytes, int]) -> list[tuple[int, int]]:
+def derive_merges(ranks: dict[bytes, int], source: str = "the rank file") -> list[tuple[int, int]]:
     """The pair table equivalent to tiktoken's rule: for every token of two or more bytes, every split into two
     tokens (left, right) -> merge producing it, ordered by the merged token's rank, then left rank, right rank
     (the order Hugging Face's TikTokenConverter writes merges.txt in).
 
     Used with merge_rank="token_id", the priority of each pair is the rank of the token it makes, so all splits of
-    one token tie and the leftmost wins -- exactly tiktoken's loop."""
+    one token tie and the leftmost wins -- exactly tiktoken's loop.
+
+    Trying every cut of an n-byte token reads about n * n bytes, so a crafted file of long tokens (a chain a, aa,
+    aaa, ... of 4,000 tokens: 20 s and 8M merges) would load in cubic time; past MAX_SPLIT_BYTES it is refused
+    before any work is done (ValueError naming `source`)."""
+    work = sum(len(token) * (len(token) - 1) for token in ranks)
+    if work > MAX_SPLIT_BYTES:
+        longest = max(ranks, key=len)
+        raise ValueError(f"{source}: its tokens are too long to derive merges from (every cut of every token would "
+                         f"read {work:,} bytes, more than the {MAX_SPLIT_BYTES:,} allowed; the longest token, rank "
+                         f"{ranks[longest]}, has {len(longest):,} bytes)")
     merges: list[tuple[int, int]] = []
     get = ranks.get
     for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
