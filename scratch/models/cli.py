@@ -50,11 +50,13 @@ def announce_load(source, file=None) -> None:
 
 def _cmd_parity(args: argparse.Namespace) -> int:
     from scratch.models.parity import default_backends, format_table, run_parity
+    from scratch.train.parity import gradient_checks
 
     names = args.backends or default_backends()
     if args.model is not None:
         announce_load(args.model)
-    rows = run_parity(names, model_folder=args.model, seed=args.seed, precision=not args.portability_only)
+    rows = run_parity(names, model_folder=args.model, seed=args.seed, precision=not args.portability_only,
+                      extra_checks=gradient_checks(args.seed + 2))
     print(format_table(rows, reference=names[0]))
     return 0 if all(row.passed for row in rows) else 1
 

@@ -233,10 +233,11 @@ def _has_float16(be) -> bool:
 
 
 def run_parity(backend_names: list[str] | None = None, model_folder=None, seed: int = 0,
-               precision: bool = True) -> list[ParityRow]:
+               precision: bool = True, extra_checks: list[Check] = ()) -> list[ParityRow]:
     """Run every check on each backend in float32 and compare each with the first (section "portability"); with
     `precision`, also run each check in float32 and float16 against float64 on the backends of
-    `precision_backends` (section "precision"). Returns one row per comparison."""
+    `precision_backends` (section "precision"). `extra_checks` come from layers above the models (the training
+    gradients of scratch.train.parity, which this module may not import). Returns one row per comparison."""
     names = list(backend_names) if backend_names else default_backends()
     if len(names) < 2:
         raise ValueError(f"parity compares at least two backends, got {names!r}")
@@ -244,7 +245,7 @@ def run_parity(backend_names: list[str] | None = None, model_folder=None, seed: 
     folder = None if model_folder is None else Path(model_folder)
     if folder is not None and not folder.is_dir():
         raise FileNotFoundError(f"model folder {folder} does not exist")
-    checks = _layer_checks(backends.rng(seed)) + _model_checks(backends.rng(seed + 1), folder)
+    checks = _layer_checks(backends.rng(seed)) + _model_checks(backends.rng(seed + 1), folder) + list(extra_checks)
     rows = []
     for check in checks:
         if check.contrast:
