@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,11 @@ SMALL_CONFIGS = {
     "gpt2-mini": GPT2Config(vocab_size=256, n_positions=256, n_embd=128, n_layer=4, n_head=4),         # ~0.8M + V C
     "llama-tiny": LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
                               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128),
+    # The bundled model (--preset stdlib-small): 4 heads of D = 48 sharing 2 kv heads (GQA), F = 8/3 C rounded up
+    # to 64, the head tied to the embedding (untied it would add a third). 2.4M parameters at V = 4096.
+    "llama-stdlib": LlamaConfig(vocab_size=4096, hidden_size=192, intermediate_size=512, num_hidden_layers=4,
+                                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                rms_norm_eps=1e-5, tie_word_embeddings=True),
 }
 
 
@@ -209,8 +215,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     settings = {name: getattr(args, name) for name in _SETTING_FLAGS if getattr(args, name) is not None}
     if args.no_clip:
         settings["max_grad_norm"] = None
-    recipe = Recipe(corpus=tuple(args.corpus), config=args.config, tokenizer=args.tokenizer,
-                    vocab_size=args.vocab_size, val_fraction=args.val_fraction, settings=settings)
+    if args.preset is not None:                       # a named Recipe; loop flags given here override its settings
+        from scratch.train.presets import get_preset
+
+        preset = get_preset(args.preset)
+        recipe = Recipe(corpus=tuple(str(path) for path in preset.corpus()), config=preset.config,
+                        vocab_size=preset.vocab_size, val_fraction=preset.val_fraction,
+                        settings={**preset.settings, **settings})
+    elif not args.corpus or not args.config:
+        raise ValueError("give --corpus FILE... and --config SMALL_CONFIG, or --preset NAME")
+    else:
+        recipe = Recipe(corpus=tuple(args.corpus), config=args.config, tokenizer=args.tokenizer,
+                        vocab_size=args.vocab_size, val_fraction=args.val_fraction, settings=settings)
+    started = time.perf_counter()
     try:
         result = run_recipe(recipe, args.out, backend=args.backend, resume=args.resume)
     except NonFiniteLossError as error:
@@ -223,6 +240,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"scratch train: interrupted after step {result.step}; checkpoint {result.checkpoint}. "
               f"Run the same command with --resume to continue.", file=sys.stderr)
         return 130
+    if args.preset is not None:                       # the measured, shippable files (scratch/bundled's layout)
+        from scratch.train.presets import export_bundle
+
+        export_bundle(args.out, Path(args.out) / "bundled", seconds=time.perf_counter() - started)
+        print(f"bundle: {Path(args.out) / 'bundled'} (copy its files into scratch/bundled/ to ship them)")
     return 0
 
 
@@ -283,9 +305,11 @@ def _training_flags(p) -> None:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a small GPT-2 / Llama on text files (tokenizer, data, model)")
-    p.add_argument("--corpus", nargs="+", required=True, metavar="FILE", help="UTF-8 text files, one document each")
-    p.add_argument("--config", required=True, metavar="SMALL_CONFIG",
+    p.add_argument("--corpus", nargs="+", metavar="FILE", help="UTF-8 text files, one document each")
+    p.add_argument("--config", metavar="SMALL_CONFIG",
                    help=f"{', '.join(SMALL_CONFIGS)}, a model preset, or a config.json path")
+    p.add_argument("--preset", metavar="NAME", help="a named recipe instead of --corpus/--config/--vocab-size/"
+                   "--val-fraction (stdlib-small: the bundled model; scratch.train.presets)")
     p.add_argument("--out", required=True, metavar="DIR", help="the run's folder; a model folder when done")
     p.add_argument("--tokenizer", metavar="PATH", help="reuse this tokenizer instead of training one")
     p.add_argument("--vocab-size", type=int, default=512, metavar="N", help="vocabulary of the trained tokenizer")
