@@ -13,8 +13,8 @@ import os
 import sys
 
 # Modules that add subcommands, in the order `scratch --help` lists them.
-SUBCOMMAND_MODULES: list[str] = ["scratch.tokenizer.cli", "scratch.models.cli", "scratch.generate.cli",
-                                 "scratch.chat.cli", "scratch.train.cli"]
+SUBCOMMAND_MODULES: list[str] = ["scratch.demo.cli", "scratch.tokenizer.cli", "scratch.models.cli",
+                                 "scratch.generate.cli", "scratch.chat.cli", "scratch.train.cli"]
 
 
 def _cmd_info(args: argparse.Namespace) -> int:

@@ -1,6 +1,6 @@
-"""Every page in docs/ is executed: its ```python blocks run in order, in one namespace per page, so the examples
-the pages show are the examples that work. A block may assert what it prints. Pages run in a temporary working
-directory, so examples that write files write there."""
+"""Every page in docs/, and the README's tour, is executed: its ```python blocks run in order, in one namespace per
+page, so the examples the pages show are the examples that work. A block may assert what it prints. Pages run in a
+temporary working directory, so examples that write files write there."""
 from __future__ import annotations
 
 import re
@@ -16,7 +16,7 @@ def code_blocks(page: Path) -> list[str]:
     return BLOCK.findall(page.read_text(encoding="utf-8"))
 
 
-PAGES = sorted(DOCS.glob("*.md"))
+PAGES = sorted(DOCS.glob("*.md")) + [DOCS.parent / "README.md"]
 
 
 def test_docs_exist():

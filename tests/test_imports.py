@@ -31,6 +31,10 @@ LAYERS: dict[str, set[str]] = {
     "scratch.generate": {"backends", "scratch.nn", "scratch.models", "scratch.tokenizer"},
     "scratch.train": {"backends", "scratch.nn", "scratch.models", "scratch.atomic", "scratch.tokenizer"},
     "scratch.chat": {"backends", "scratch.nn", "scratch.models", "scratch.tokenizer", "scratch.generate"},
+    # The shipped model and the tour of it sit on top of what they show, and nothing below imports them: bundled
+    # only loads its files (a model folder and a tokenizer); demo runs tokenizer, size arithmetic and decoding on it.
+    "scratch.bundled": {"backends", "scratch.models", "scratch.tokenizer"},
+    "scratch.demo": {"backends", "scratch.models", "scratch.tokenizer", "scratch.generate", "scratch.bundled"},
     "cli": {"*"},                          # the command line may import everything
 }
 

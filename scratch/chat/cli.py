@@ -1,7 +1,8 @@
 """`scratch chat`: talk to an instruct model through its chat template, the reply streamed as it is generated.
 
 `scratch chat --model PATH_OR_ID` reads a GGUF file, a Hugging Face folder or a hub model id (owner/name), and its
-tokenizer and chat template from the same place (or --tokenizer / --chat-template). Interactive: each line read is
+tokenizer and chat template from the same place (or --tokenizer / --chat-template); without --model, the bundled
+model (scratch.bundled), whose template only joins the turns as lines of code. Interactive: each line read is
 a user message; `/reset` starts over (keeping --system), `/exit` (or end of input) leaves. One-shot for scripts:
 `--prompt TEXT` (repeatable: one turn each) prints the replies and exits. After each reply a line on stderr says
 how many prompt tokens were prefilled and how many the cross-turn KV cache saved (--quiet hides it). Decoding flags
@@ -21,8 +22,9 @@ COMMANDS = {"/exit": "leave", "/quit": "leave", "/reset": "start a new conversat
 
 def register(subparsers) -> None:
     c = subparsers.add_parser("chat", help="talk to an instruct model through its chat template (streamed)")
-    c.add_argument("--model", required=True, metavar="PATH_OR_ID",
-                   help="a GGUF file, a Hugging Face folder (GPT-2 or Llama) or a hub model id owner/name")
+    c.add_argument("--model", metavar="PATH_OR_ID",
+                   help="a GGUF file, a Hugging Face folder (GPT-2 or Llama) or a hub model id owner/name; default: "
+                        "the bundled model, which completes Python (each message is a line of code it continues)")
     c.add_argument("--tokenizer", metavar="PATH_OR_NAME", help="the tokenizer (default: the model's own)")
     c.add_argument("--chat-template", metavar="FILE", help="a Jinja chat template file (default: the tokenizer's)")
     c.add_argument("--system", metavar="TEXT", help="a system message that starts the conversation")
@@ -62,6 +64,13 @@ def _session(args):
     from scratch.models.cli import announce_load
     from scratch.tokenizer import load_tokenizer
 
+    if args.model is None:                            # no --model: the model that ships in the package
+        import scratch.bundled
+
+        args.model = scratch.bundled.FOLDER
+        print("(the bundled model: it completes Python and is no instruct model -- its chat template writes each "
+              "message as a line of code for it to continue; --model PATH_OR_ID for a real chat model)",
+              file=sys.stderr)
     template = None
     if args.chat_template:
         with open(args.chat_template, encoding="utf-8") as handle:

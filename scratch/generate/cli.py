@@ -1,13 +1,13 @@
 """Command line for decoding: `scratch generate` streams a continuation, `scratch compare-decoding` lines up strategies.
 
-`scratch generate --model FOLDER --tokenizer PATH_OR_NAME [--strategy ...] [options] "prompt"` prints the text as
+`scratch generate [--model FOLDER --tokenizer PATH_OR_NAME] [--strategy ...] [options] "prompt"` prints the text as
 it is produced (greedy and sampling stream token by token; beam, contrastive and speculative decoding print once at
 the end). `scratch compare-decoding ... "prompt"` runs the same prompt through several strategies (greedy, sampling,
 top-k, top-p, min-p, beam search, contrastive search) and prints one line per strategy. Options use transformers'
 names with dashes. EOS is the model config's eos_token_id when it lies inside the vocabulary. BOS (--bos auto):
 a Llama prompt starts with the config's bos_token_id, as Hugging Face's Llama tokenizers add it and the checkpoints
-were trained with it; a GPT-2 prompt does not (GPT2Tokenizer adds nothing). Not here: chat templates, interactive
-sessions.
+were trained with it; a GPT-2 prompt does not (GPT2Tokenizer adds nothing). Without --model, the bundled model
+(scratch.bundled) and its tokenizer are used. Not here: chat templates, interactive sessions.
 """
 from __future__ import annotations
 
@@ -21,9 +21,11 @@ STRATEGIES = ("greedy", "sample", "beam", "contrastive", "speculative")
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt", help="the prompt text")
-    p.add_argument("--model", required=True, metavar="FOLDER", help="a Hugging Face model folder (GPT-2 or Llama)")
-    p.add_argument("--tokenizer", required=True, metavar="PATH_OR_NAME",
-                   help="a tokenizer file or folder (see `scratch tokenizer`), or a name such as cl100k_base")
+    p.add_argument("--model", metavar="FOLDER",
+                   help="a Hugging Face model folder (GPT-2 or Llama); default: the bundled model (scratch.bundled)")
+    p.add_argument("--tokenizer", metavar="PATH_OR_NAME",
+                   help="a tokenizer file or folder (see `scratch tokenizer`), or a name such as cl100k_base "
+                        "(default: the --model folder's)")
     add_decoding_options(p)
     p.add_argument("--bos", choices=("auto", "yes", "no"), default="auto",
                    help="start the prompt with the model's bos_token_id: auto (default) for Llama, not for GPT-2")
@@ -82,7 +84,11 @@ def _load(args):
 
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    tokenizer = load_tokenizer(args.tokenizer)
+    if args.model is None:                            # no --model: the model that ships in the package
+        import scratch.bundled
+
+        args.model = scratch.bundled.FOLDER
+    tokenizer = load_tokenizer(args.tokenizer if args.tokenizer is not None else args.model)
     model = _load_causal_lm(args.model, args)
     check_tokenizer_fits(tokenizer, model, args.tokenizer or args.model, args.model)
     ids = tokenizer.encode(args.prompt)
