@@ -38,8 +38,9 @@ TORCH_FREE_TESTS = ["tests/test_backends.py", "tests/nn/test_kv_cache.py", "test
 
 def parity(device: str, report: dict) -> bool:
     from scratch.models.parity import format_table, run_parity
+    from scratch.train.parity import gradient_checks
 
-    rows = run_parity(["numpy", device])
+    rows = run_parity(["numpy", device], extra_checks=gradient_checks())
     print(format_table(rows, "numpy"))
     report["parity"] = [dict(component=r.component, max_abs=r.max_abs, max_rel=r.max_rel, tolerance=r.tolerance,
                              passed=r.passed) for r in rows]
