@@ -191,8 +191,11 @@ def test_namespace_of_finds_the_namespace_from_inputs(backend):
     assert backends.namespace_of().__name__ == "numpy"
 
 
-def test_synchronize_is_safe_to_call(backend):
-    backend.synchronize()
+def test_synchronize_is_safe_to_call_and_the_work_is_done(backend):
+    x = backend.xp.ones((64, 64), dtype=backend.xp.float32)
+    y = x @ x                                                     # queued work on a GPU
+    assert backend.synchronize() is None
+    assert backend.to_numpy(y).tolist() == np.full((64, 64), 64.0, np.float32).tolist()
 
 
 def test_foreign_objects_are_rejected():

@@ -121,8 +121,12 @@ def test_error_message_shows_the_value():
 
 
 def test_good_edge_values_are_accepted():
-    GenerationConfig(top_p=1.0, min_p=0.0, temperature=0.0, top_k=0, early_stopping="never", num_beams=4,
-                     num_return_sequences=4, length_penalty=-1.0, frequency_penalty=-2, presence_penalty=2)
+    config = GenerationConfig(top_p=1.0, min_p=0.0, temperature=0.0, top_k=0, early_stopping="never", num_beams=4,
+                              num_return_sequences=4, length_penalty=-1.0, frequency_penalty=-2, presence_penalty=2)
+    assert (config.top_p, config.min_p, config.temperature, config.top_k) == (1.0, 0.0, 0.0, 0)
+    assert (config.early_stopping, config.num_beams, config.num_return_sequences) == ("never", 4, 4)
+    assert (config.length_penalty, config.frequency_penalty, config.presence_penalty) == (-1.0, -2, 2)
+    assert config.mode == "beam_search" and not config.is_sampling     # temperature 0 samples nothing
 
 
 def test_from_a_hugging_face_generation_config():

@@ -419,6 +419,50 @@ def test_exact_threshold_equality(backend, case):
         np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want))
 
 
+def dyadic_logits(halvings, positions):
+    """Logits 0, -ln 2, -2 ln 2, -4 ln 2 (halvings 0, 1, 2, 4: each an exact float32 multiple of float32's ln 2), the
+    i-th at token positions[i]: exp of each is exactly 1, 1/2, 1/4, 1/16 (ln 2's rounding is far below half an ulp of
+    the result), so with a power-of-two total the probabilities, their running sums and thresholds such as 0.75 are
+    exact on both sides -- a threshold can be hit exactly by ONE token, with no tie to hide behind."""
+    logits = np.empty(len(halvings), dtype=np.float32)
+    logits[positions] = -np.array(halvings, dtype=np.float32) * np.float32(math.log(2))
+    return logits[None, :]
+
+
+HALF_QUARTER = [0, 1, 2, 2]                  # probabilities 1/2, 1/4, 1/8, 1/8
+THREE_AND_TAIL = [0, 1, 2, 4, 4, 4, 4]       # probabilities 1/2, 1/4, 1/8, four of 1/32
+NON_TIE_BOUNDARY_CASES = [
+    # (warper, transformers warper, halvings, how many tokens survive: the boundary token is unique)
+    (TopP(0.75), lp.TopPLogitsWarper(0.75), THREE_AND_TAIL, 2),   # ascending sums reach 1 - 0.75 at the 1/8 token
+    (TopP(0.5), lp.TopPLogitsWarper(0.5), THREE_AND_TAIL, 1),     # ... and 1 - 0.5 at the 1/4 token: both go
+    (MinP(0.25), lp.MinPLogitsWarper(0.25), THREE_AND_TAIL, 3),   # bar 0.25 * 1/2 = 1/8: the 1/8 token stays
+    (MinP(0.5), lp.MinPLogitsWarper(0.5), THREE_AND_TAIL, 2),     # bar 1/4: the 1/4 token stays
+    (Epsilon(0.125), lp.EpsilonLogitsWarper(0.125), THREE_AND_TAIL, 3),   # p == epsilon is not below it
+    # The issue's case: entropy 1.75 bits, gaps |-log2 p - H| 0.75, 0.25, 1.25, 1.25; most typical first the sums
+    # are 1/4, 3/4, ...: at mass 3/4 the 1/2 token reaches it and is the last kept (2 tokens, not 4).
+    (Typical(0.75), lp.TypicalLogitsWarper(0.75), HALF_QUARTER, 2),
+    (Typical(0.25), lp.TypicalLogitsWarper(0.25), HALF_QUARTER, 1),   # the 1/4 token alone reaches 1/4
+]
+
+
+@pytest.mark.parametrize("case", range(len(NON_TIE_BOUNDARY_CASES)))
+@pytest.mark.parametrize("order", ["sorted", "shuffled"])
+def test_exact_boundary_without_ties(backend, case, order):
+    """A cumulative probability (top-p, typical) or a probability (min-p, epsilon) exactly AT the threshold, on a
+    token that ties with no other: where `<` and `<=` differ and no tie-break can make them agree."""
+    warper, reference_warper, halvings, kept = NON_TIE_BOUNDARY_CASES[case]
+    positions = np.arange(len(halvings)) if order == "sorted" else np.random.default_rng(case).permutation(len(halvings))
+    scores = dyadic_logits(halvings, positions)
+    ids = np.zeros((1, 0), np.int64)
+    exact = 0.5 ** np.array(halvings) / (0.5 ** np.array(halvings)).sum()
+    np.testing.assert_array_equal(torch_probs(scores)[0][positions], exact)      # as the case needs, on both sides
+    np.testing.assert_array_equal(backend.to_numpy(softmax(backend.asarray(scores)))[0][positions], exact)
+    got, want = ours(warper, backend, scores, ids), reference(reference_warper, scores, ids)
+    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want))
+    assert np.isfinite(got).sum() == kept
+    np.testing.assert_array_equal(got[np.isfinite(got)], scores[np.isfinite(got)])
+
+
 PROBABILITIES = st.one_of(st.sampled_from([0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 1.0]), st.floats(0.01, 0.99))
 
 
@@ -523,7 +567,7 @@ def _transformers_processors(config: GenerationConfig, prompt_length: int):
     return lp.LogitsProcessorList(procs)
 
 
-@fixture_ok(max_examples=20)
+@FIXTURE_OK
 @given(case=logits_and_ids(max_vocab=16, min_vocab=8), data=st.data())
 def test_build_processors_matches_transformers_chain(backend, case, data):
     scores, ids = case
@@ -591,8 +635,11 @@ def test_processor_argument_errors():
 
 
 def test_mixed_backends_are_refused(backend):
+    """NumPy ids with another backend's scores are refused; with NumPy scores they are one backend, and work."""
     import backends
+    ids, scores = np.zeros((1, 1), np.int64), backend.asarray(np.zeros((1, 4), np.float32))
     if backend.name == "numpy":
-        pytest.skip("mixing needs two different backends; numpy with numpy is not mixed")
+        assert TopK(2)(ids, scores).shape == (1, 4)
+        return
     with pytest.raises(backends.MixedBackendError):
-        TopK(2)(np.zeros((1, 1), np.int64), backend.asarray(np.zeros((1, 4), np.float32)))
+        TopK(2)(ids, scores)

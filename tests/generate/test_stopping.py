@@ -2,6 +2,8 @@
 Stop strings are checked against transformers' StopStringCriteria on the real GPT-2 vocabulary (shared data)."""
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import pytest
 import torch
@@ -97,17 +99,23 @@ WORDS = ["st", "op", "stop", "opera", "sto", "pper", "las", "top", "s", "to", "p
          "\n\n", " ", "x", "tion", "ed", " st", "e", "n", "d"]
 
 
-@settings(max_examples=30, deadline=None)
+@lru_cache(maxsize=None)
+def _transformers_criteria(tokenizer, stops: tuple):
+    """transformers' StopStringCriteria, built once per set of stop strings (it preprocesses the whole vocabulary)."""
+    from transformers.generation.stopping_criteria import StopStringCriteria
+    return StopStringCriteria(tokenizer, list(stops))
+
+
+@settings(deadline=None)
 @given(data=st.data())
 def test_stop_strings_match_transformers_on_gpt2(gpt2_tokenizer, data):
-    from transformers.generation.stopping_criteria import StopStringCriteria
     token_ids = [gpt2_tokenizer.convert_tokens_to_ids(gpt2_tokenizer.tokenize(w))[0] for w in WORDS
                  if len(gpt2_tokenizer.tokenize(w)) == 1]
     rows = data.draw(st.lists(st.lists(st.sampled_from(token_ids), min_size=1, max_size=6), min_size=1,
                               max_size=3).filter(lambda r: len({len(x) for x in r}) == 1))
     stops = data.draw(st.lists(st.sampled_from(STOPS), min_size=1, max_size=2, unique=True))
     ids = np.array(rows, np.int64)
-    want = StopStringCriteria(gpt2_tokenizer, stops)(torch.from_numpy(ids), None).numpy()
+    want = _transformers_criteria(gpt2_tokenizer, tuple(stops))(torch.from_numpy(ids), None).numpy()
     got = StopStrings(stops, lambda t: gpt2_tokenizer.decode(t))(ids)
     np.testing.assert_array_equal(got, want, err_msg=str([gpt2_tokenizer.decode(r) for r in rows]))
 

@@ -99,19 +99,26 @@ def test_layer_norm_names_a_wrong_parameter_shape():
         F.layer_norm(x, np.ones(4, np.float32), np.zeros((1, 4), np.float32))
 
 
-def test_layer_norm_matches_torch(backend):
+# Input scales for the norms: ordinary activations (variance ~9, offset 5), and rows whose variance is comparable to
+# eps (~1e-5 and ~1e-6): only there does where eps goes (inside the square root, or added after it) show.
+NORM_SCALES = [(3.0, 5.0), (3e-3, 0.0), (1e-3, 1e-2)]
+
+
+@pytest.mark.parametrize("scale, offset", NORM_SCALES)
+def test_layer_norm_matches_torch(backend, scale, offset):
     rng = backends.rng(2)
-    x, w, b = host(rng, 2, 3, 16, scale=3.0) + 5.0, host(rng, 16), host(rng, 16)
+    x, w, b = host(rng, 2, 3, 16, scale=scale) + np.float32(offset), host(rng, 16), host(rng, 16)
     for eps in (1e-5, 1e-12):                                      # GPT-2's and BERT's eps
         expected = TF.layer_norm(t(x), (16,), t(w), t(b), eps).numpy()
         out = F.layer_norm(backend.asarray(x), backend.asarray(w), backend.asarray(b), eps)
         check(backend, out, expected, x.shape)
 
 
-def test_rms_norm_matches_transformers(backend):
+@pytest.mark.parametrize("scale", [2.0, 1e-3, 3e-4])
+def test_rms_norm_matches_transformers(backend, scale):
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
     rng = backends.rng(3)
-    x, w = host(rng, 2, 5, 32, scale=2.0), host(rng, 32)
+    x, w = host(rng, 2, 5, 32, scale=scale), host(rng, 32)
     ref = LlamaRMSNorm(32, eps=1e-6)
     with torch.no_grad():
         ref.weight.copy_(t(w))
@@ -182,9 +189,18 @@ def test_softmax_matches_torch_and_masked_rows_are_zero(backend):
         check(backend, out, ref, x.shape, rtol=1e-6, atol=1e-7)
 
 
+def _has_no_float16(backend) -> bool:
+    """True for array-api-strict, whose standard has no float16 -- after checking that it says so clearly."""
+    if backend.name != "strict":
+        return False
+    with pytest.raises(TypeError, match="no float16"):
+        backend.dtype("float16")
+    return True
+
+
 def test_softmax_float16_where_the_backend_has_it(backend):
-    if backend.name == "strict":
-        pytest.skip("the Array API standard (array-api-strict) has no float16")
+    if _has_no_float16(backend):
+        return
     x = host(backends.rng(16), 3, 5, 40, scale=6.0).astype(np.float16)
     x[0, 0, :] = -np.inf
     x[1, 1, :7] = -np.inf
@@ -196,8 +212,8 @@ def test_softmax_float16_where_the_backend_has_it(backend):
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_log_softmax_matches_torch(backend, dtype):
-    if dtype == "float16" and backend.name == "strict":
-        pytest.skip("the Array API standard (array-api-strict) has no float16")
+    if dtype == "float16" and _has_no_float16(backend):
+        return
     x = host(backends.rng(17), 3, 4, 9, scale=10.0)
     x[1, 2, :4] = -np.inf                              # partly masked: those entries stay -inf
     x[2, 0, 3] = 80.0                                  # exp(80) overflows float32 without the max subtraction
@@ -273,12 +289,25 @@ def test_mlp_swiglu_matches_transformers(backend):
     check(backend, out, expected, (2, 3, C), rtol=1e-5, atol=1e-5 * float(np.abs(expected).max()))
 
 
-@given(st.integers(0, 2 ** 32 - 1), st.integers(1, 40))
-def test_layer_norm_output_is_normalised(seed, C):
-    """With unit weight and zero bias each row has mean 0 and variance var/(var+eps) -- a property, any input."""
-    x = host(np.random.default_rng(seed), 3, C, scale=5.0)
+@given(st.integers(0, 2 ** 32 - 1), st.integers(1, 40), st.sampled_from([5.0, 1e-2, 3e-3, 1e-3]))
+def test_layer_norm_output_is_normalised(seed, C, scale):
+    """With unit weight and zero bias each row has mean 0 and variance var/(var+eps) -- a property, any input; at the
+    small scales var is near eps = 1e-5, where var/(var+eps) is far from 1."""
+    x = host(np.random.default_rng(seed), 3, C, scale=scale)
     y = F.layer_norm(x, np.ones(C, np.float32), np.zeros(C, np.float32), 1e-5)
     assert y.dtype == np.float32
     np.testing.assert_allclose(y.mean(axis=-1), 0.0, atol=1e-5)
     var = x.astype(np.float64).var(axis=-1)
     np.testing.assert_allclose(y.astype(np.float64).var(axis=-1), var / (var + 1e-5), rtol=1e-4, atol=1e-6)
+
+
+@given(st.integers(0, 2 ** 32 - 1), st.integers(1, 40), st.sampled_from([2.0, 1e-2, 1e-3, 3e-4]))
+def test_rms_norm_output_has_the_expected_mean_square(seed, C, scale):
+    """With unit weight each row's mean square is ms/(ms+eps), ms its input's mean square; near eps = 1e-6 (the
+    small scales) that is far from 1."""
+    x = host(np.random.default_rng(seed), 3, C, scale=scale)
+    y = F.rms_norm(x, np.ones(C, np.float32), 1e-6)
+    assert y.dtype == np.float32
+    mean_square = (x.astype(np.float64) ** 2).mean(axis=-1)
+    np.testing.assert_allclose((y.astype(np.float64) ** 2).mean(axis=-1), mean_square / (mean_square + 1e-6),
+                               rtol=1e-5, atol=1e-7)

@@ -403,8 +403,10 @@ def test_load_tokenizer_sentencepiece_model_is_sniffed():
 
 
 def test_load_tokenizer_hugging_face_folder():
-    pytest.importorskip("scratch.tokenizer.hf", reason="scratch/tokenizer/hf.py (the HF loader) is not in this tree yet")
-    tokenizer = load_tokenizer(require_shared("tokenizers", "gpt2"))
+    from scratch.tokenizer.hf import HFTokenizer
+
+    tokenizer = load_tokenizer(require_shared("tokenizers", "gpt2"))    # vocab.json + merges.txt
+    assert isinstance(tokenizer, HFTokenizer)
     assert tokenizer.encode("Hello world") == [15496, 995]
 
 
