@@ -111,8 +111,9 @@ def test_output_scores_and_logits_equal_transformers(models):
         assert s.shape == (3, V) and s.dtype == np.float32 and isinstance(s, np.ndarray)
         np.testing.assert_array_equal(np.isinf(s), np.isinf(r.numpy()), err_msg=f"-inf placement, step {step}")
         finite = np.isfinite(s)
-        np.testing.assert_allclose(s[finite], r.numpy()[finite], atol=1e-4, rtol=0, err_msg=f"scores, step {step}")
-        np.testing.assert_allclose(lo, rl.numpy(), atol=1e-4, rtol=0, err_msg=f"logits, step {step}")
+        # float32 on both sides through each one's KV cache: measured <= 8.3e-6 on values up to ~7, so 2e-5
+        np.testing.assert_allclose(s[finite], r.numpy()[finite], atol=2e-5, rtol=0, err_msg=f"scores, step {step}")
+        np.testing.assert_allclose(lo, rl.numpy(), atol=2e-5, rtol=0, err_msg=f"logits, step {step}")
     plain = generate(ours, ROWS, pad_token_id=PAD, **kwargs)
     assert plain.scores is None and plain.logits is None
     np.testing.assert_array_equal(plain.sequences, out.sequences)

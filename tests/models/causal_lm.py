@@ -12,7 +12,9 @@ import torch
 import scratch.models
 from scratch.models import decoder  # owns PREFILL_BLOCK, used by both models
 
-ATOL = 1e-4  # float32 vs float32; observed ~3e-7 (summation order inside matmuls)
+# float32 against float32, matmuls summed in another order: measured <= 3.8e-6 on logits up to ~3.5 (GPT-2 and Llama:
+# full forward, blocked prefill, left padding, cached steps), about 16 float32 ulps there; so 1e-5 (2.6x).
+ATOL = 1e-5
 
 
 def hf_step(hf, ids, past):

@@ -20,7 +20,7 @@ from scratch.models import LlamaConfig, RopeScaling, save_gguf
 from scratch.models.gguf import config_from_gguf
 from scratch.tokenizer.bpe import BPETokenizer
 
-ATOL = 1e-4  # float32 on both sides; observed ~2e-7
+ATOL = 1e-5  # float32 on both sides, matmuls summed in another order: measured <= 1.2e-6 on logits up to ~2.8
 DTYPES = ("f32", "f16", "q8_0", "q4_0")
 IDS = np.array([[1, 5, 9, 33, 2, 17, 80, 4, 11, 12, 13, 14, 90, 91, 3, 3, 7]])
 
