@@ -25,7 +25,10 @@ TEXT = st.lists(st.one_of(
     st.sampled_from([" ", "  ", "   ", "\t", "\n", "\n\n", "\r\n", " \n ", "0", "42", "2024", "12345", "abc", "Hello",
                      " world", "'s", "'LL", "don't", "é", "ü", "naïve", "中文", "🦙", "😶\u200d🌫️", "\u00a0", "!!",
                      "...", "—", "<|endoftext|>", "½", "²", "м"]),
-    st.characters(codec="utf-8")), max_size=20).map("".join)
+    # subtle: no code point unassigned in Python's Unicode tables (category Cn): the `regex` package's newer Unicode
+    # makes some of them letters (U+3D000), the tokenizers library's older one does not, so the pre-tokenizers
+    # split them apart -- a difference of Unicode versions, not of BPE.
+    st.characters(codec="utf-8", exclude_categories=["Cn"])), max_size=20).map("".join)
 
 
 def trained(pattern: str, ignore_merges: bool = True) -> BPETokenizer:

@@ -1,6 +1,7 @@
 """The real byte-level BPE vocabularies in ../shared/data/tokenizers (GPT-2, StarCoder, Refact, Falcon, MPT,
 DeepSeek Coder, DeepSeek LLM): every reference string gives exactly the listed ids, decode(encode(s)) == s, and the
-`tokenizers` library, running each model's own pre-tokenizer, agrees with us on generated text."""
+`tokenizers` library -- reading vocab.json + merges.txt itself and running each model's own pre-tokenizer -- agrees
+with us on generated text."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ from functools import lru_cache
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, models
 
 from scratch.tokenizer.hf import GPT2, PRE_TOKENIZERS, HFTokenizer, from_hf, to_hf, to_hf_json, to_oniguruma
 from tests.conftest import require_shared
@@ -53,8 +54,24 @@ HF_PRE_TOKENIZERS = {
 
 @lru_cache(maxsize=None)
 def reference(name: str) -> Tokenizer:
-    data = to_hf_json(load(name))
+    """The `tokenizers` library's own reading of the model's files -- not ours: its BPE model from vocab.json +
+    merges.txt (BPE.from_file), the special and user-defined tokens from the type table tokens.json (types 3 and 4,
+    at their ids; GPT-2's from meta.json), the model's own pre-tokenizer and a ByteLevel decoder. A token or merge our reader loses or
+    reorders then shows as a different encoding."""
+    folder = require_shared("tokenizers", name)
+    bpe = models.BPE.from_file(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    data = json.loads(Tokenizer(bpe).to_str())
+    if (folder / "tokens.json").exists():
+        with open(folder / "tokens.json", encoding="utf-8") as f:
+            added = [(token_id, text, kind == 3) for token_id, (text, kind, _) in enumerate(json.load(f))
+                     if kind in (3, 4)]
+    else:                                                   # GPT-2's folder: meta.json lists its one control token
+        with open(folder / "meta.json", encoding="utf-8") as f:
+            added = [(token_id, text, True) for token_id, text in json.load(f)["control_or_user_defined_tokens"]]
+    data["added_tokens"] = [{"id": token_id, "content": text, "single_word": False, "lstrip": False, "rstrip": False,
+                             "normalized": False, "special": special} for token_id, text, special in added]
     data["pre_tokenizer"] = HF_PRE_TOKENIZERS[name]
+    data["decoder"] = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
     data["model"]["ignore_merges"] = False  # what these models' tokenizer.json files say (the default)
     return Tokenizer.from_str(json.dumps(data, ensure_ascii=False))
 
@@ -63,7 +80,10 @@ TEXT = st.lists(st.one_of(
     st.sampled_from([" ", "  ", "    ", "\t", "\n", "\n\n", "\r\n", " \n ", "3", "42", "2024", "1234567", "abc",
                      "Hello", " world", "'s", "'LL", "don't", "ü", "Führer", "naïve", "½", "²", "м", "Български", "中文", "日本語",
                      "한국어", "🦙", "😶\u200d🌫️", "\u00a0", "!!", "...", "—", "（", "：", "‘", "$+<=>^`|~", "Ὗ", "K"]),
-    st.characters(codec="utf-8")), max_size=20).map("".join)
+    # subtle: no code point unassigned in Python's Unicode tables (category Cn): the `regex` package's newer Unicode
+    # makes some of them letters (U+3D000), the tokenizers library's older one does not, so the pre-tokenizers
+    # split them apart -- a difference of Unicode versions, not of BPE.
+    st.characters(codec="utf-8", exclude_categories=["Cn"])), max_size=20).map("".join)
 
 
 @pytest.mark.parametrize("name", NAMES)
