@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import backends
@@ -20,7 +20,6 @@ RTOL, ATOL = 1e-5, 1e-5
 
 
 @pytest.mark.parametrize("backend_name", backends.available())
-@settings(max_examples=25)
 @given(V=st.integers(1, 200), C=st.integers(1, 48), B=st.integers(1, 3), T=st.integers(1, 9),
        seed=st.integers(0, 2 ** 16))
 def test_transposed_layout_computes_what_the_plain_one_does(backend_name, V, C, B, T, seed):
