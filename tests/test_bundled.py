@@ -124,8 +124,9 @@ def test_bits_per_byte_and_compressors_follow_from_the_slice(bundled, metrics):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("SCRATCH_FULL_HELDOUT"),
-                    reason="the whole held-out pass takes 10-60 s on 2 CPU cores: SCRATCH_FULL_HELDOUT=1 runs it")
+@pytest.mark.skipif(not (os.environ.get("SCRATCH_FULL_HELDOUT") or os.environ.get("CI") == "true"),
+                    reason="the whole held-out pass takes 10-60 s on 2 CPU cores: SCRATCH_FULL_HELDOUT=1 runs it "
+                           "(CI always does)")
 def test_the_full_heldout_pass_gives_the_stated_loss(bundled, metrics):
     model, _ = bundled
     sums, counts = window_losses(model, scratch.bundled.heldout_ids(), metrics["heldout_seq_len"])
