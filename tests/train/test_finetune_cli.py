@@ -5,7 +5,6 @@ byte for byte, as an uninterrupted run; bad input exits 2 naming it."""
 from __future__ import annotations
 
 import json
-import random
 
 import numpy as np
 import peft
@@ -19,21 +18,15 @@ from scratch.models import GPT2Config, LlamaConfig
 from scratch.tokenizer import BPETokenizer
 from scratch.tokenizer.hf import to_hf
 from scratch.train import load_adapter, lora, save_model
-from scratch.train.loop import Trainer
+from tests.train import ctrl_c_in_step, write_corpus
 
-WORDS = "the cat sat on a mat and the dog ran in the park while small birds sang over green hills".split()
 FAST = ["--steps", "4", "--batch-size", "2", "--seq-len", "16", "--log-every", "2", "--eval-every", "2",
         "--eval-batches", "1", "--warmup-steps", "1", "--lr", "1e-2"]
 
 
 @pytest.fixture
 def corpus(tmp_path):
-    rng = random.Random(0)
-    files = []
-    for index, length in enumerate((500, 300)):
-        files.append(tmp_path / f"text{index}.txt")
-        files[-1].write_text(" ".join(rng.choice(WORDS) for _ in range(length)), encoding="utf-8")
-    return [str(f) for f in files]
+    return write_corpus(tmp_path, (500, 300))
 
 
 @pytest.fixture(params=["gpt2", "llama"])
@@ -86,15 +79,7 @@ def test_ctrl_c_exits_130_and_resume_finishes_like_an_uninterrupted_run(model_fo
                                                                         monkeypatch):
     whole, split = tmp_path / "whole", tmp_path / "split"
     assert main(finetune_args(model_folder, corpus, whole, "--lora-dropout", "0.1")) == 0
-    real_step, calls = Trainer.train_step, []
-
-    def ctrl_c_in_step_3(self):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_step(self)
-
-    monkeypatch.setattr(Trainer, "train_step", ctrl_c_in_step_3)
+    ctrl_c_in_step(monkeypatch, 3)
     capsys.readouterr()
     assert main(finetune_args(model_folder, corpus, split, "--lora-dropout", "0.1")) == 130
     err = capsys.readouterr().err

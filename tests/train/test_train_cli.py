@@ -5,7 +5,6 @@ loss exits 1 naming the step."""
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import numpy as np
@@ -16,21 +15,15 @@ from scratch.cli import main
 from scratch.models import LlamaConfig, save_config
 from scratch.tokenizer import BPETokenizer, load_tokenizer
 from scratch.train import model_grads
-from scratch.train.loop import Trainer
+from tests.train import ctrl_c_in_step, write_corpus
 
-WORDS = "the cat sat on a mat and the dog ran in the park while small birds sang over green hills".split()
 FAST = ["--steps", "4", "--batch-size", "2", "--seq-len", "16", "--vocab-size", "280", "--log-every", "2",
         "--eval-every", "2", "--eval-batches", "1", "--warmup-steps", "1"]
 
 
 @pytest.fixture
 def corpus(tmp_path):
-    rng = random.Random(0)
-    files = []
-    for index, length in enumerate((600, 400)):
-        files.append(tmp_path / f"text{index}.txt")
-        files[-1].write_text(" ".join(rng.choice(WORDS) for _ in range(length)), encoding="utf-8")
-    return [str(f) for f in files]
+    return write_corpus(tmp_path, (600, 400))
 
 
 def train_args(corpus, out, *extra):
@@ -56,15 +49,7 @@ def test_train_writes_a_model_folder(corpus, tmp_path, capsys):
 
 def test_ctrl_c_exits_130_and_resume_finishes_like_an_uninterrupted_run(corpus, tmp_path, capsys, monkeypatch):
     assert main(train_args(corpus, tmp_path / "whole")) == 0
-    real_step, calls = Trainer.train_step, []
-
-    def ctrl_c_in_step_3(self):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_step(self)
-
-    monkeypatch.setattr(Trainer, "train_step", ctrl_c_in_step_3)
+    ctrl_c_in_step(monkeypatch, 3)
     capsys.readouterr()
     assert main(train_args(corpus, tmp_path / "split")) == 130
     err = capsys.readouterr().err
