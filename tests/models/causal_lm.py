@@ -1,6 +1,7 @@
 """Checks shared by the GPT-2 and Llama tests: a transformers causal LM and ours, loaded from the same folder, give
 the same logits -- full forward, blocked prefill, left padding -- and transformers' cached step, whichever name its
-version gives the cache argument."""
+version gives the cache argument. Also how every test of those models (here and in tests/train) makes its tiny random
+transformers model matter in every term: perturb_and_save."""
 from __future__ import annotations
 
 import inspect
@@ -23,6 +24,18 @@ def hf_step(hf, ids, past):
     key = "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
     out = hf(ids, use_cache=True, **{key: past})
     return out.logits.numpy(), getattr(out, key)
+
+
+def perturb_and_save(model, folder):
+    """Add 0.1 N(0, 1), drawn from torch's global generator, to every 1-D parameter of a transformers model -- biases
+    and norm gains start at exactly 0 or 1, so a dropped or swapped one would not show -- and save it in eval mode
+    with save_pretrained; -> the model."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    model.eval().save_pretrained(folder)
+    return model
 
 
 def random_ids(vocab_size: int, B=2, T=40, seed=0) -> np.ndarray:

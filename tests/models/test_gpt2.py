@@ -11,7 +11,7 @@ import transformers
 
 import scratch.models
 from tests.models.causal_lm import (ATOL, check_blocked_prefill, check_left_padding, check_logits,
-                                     check_logits_to_keep, hf_step, random_ids)
+                                     check_logits_to_keep, hf_step, perturb_and_save, random_ids)
 from scratch.models import GPT2Config, gpt2
 
 # initializer_range 0.1 (not 0.02) so activations are large enough that a wrong GELU or eps would exceed ATOL.
@@ -23,14 +23,9 @@ HF_KW = dict(vocab_size=211, n_positions=48, n_embd=64, n_layer=2, n_head=4, ini
 def hf_gpt2(tmp_path_factory):
     """(transformers model, folder it was saved to). Biases and LayerNorm params randomised so they matter."""
     torch.manual_seed(0)
-    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**HF_KW)).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim == 1:
-                p.add_(0.1 * torch.randn_like(p))
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**HF_KW))
     folder = tmp_path_factory.mktemp("gpt2")
-    model.save_pretrained(folder)
-    return model, folder
+    return perturb_and_save(model, folder), folder
 
 
 def _ids(B=2, T=40, seed=0):

@@ -12,7 +12,7 @@ import transformers
 
 import scratch.models
 from tests.models.causal_lm import (ATOL, check_blocked_prefill, check_left_padding, check_logits,
-                                     check_logits_to_keep, hf_step, random_ids)
+                                     check_logits_to_keep, hf_step, perturb_and_save, random_ids)
 from scratch.models import LlamaConfig, llama
 
 BASE = dict(vocab_size=157, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
@@ -32,14 +32,9 @@ VARIANTS = {
 def hf_llama(request, tmp_path_factory):
     """(transformers model, folder). Norm weights and biases randomised so they matter."""
     torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**BASE, **VARIANTS[request.param]})).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim == 1:
-                p.add_(0.1 * torch.randn_like(p))
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**BASE, **VARIANTS[request.param]}))
     folder = tmp_path_factory.mktemp(request.param)
-    model.save_pretrained(folder)
-    return model, folder
+    return perturb_and_save(model, folder), folder
 
 
 def _ids(B=2, T=40, seed=0):

@@ -32,6 +32,7 @@ from scratch import train
 from scratch.models.safetensors import read_header
 from scratch.train import decoder, lora, model_grads
 from scratch.train.data import write_tokens
+from tests.models.causal_lm import perturb_and_save
 from tests.train.test_model_grads import GPT2_KW, LLAMA_KW, LLAMA_VARIANTS, TOL, batch, counting_batch, torch_model
 
 FD_SETTINGS = settings(max_examples=10, deadline=None,
@@ -62,13 +63,8 @@ def hf_models(tmp_path_factory):
                                                                         **LLAMA_VARIANTS["gqa-llama3-tied"]))
         else:
             hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**GPT2_KW, activation_function="gelu_new"))
-        with torch.no_grad():
-            for p in hf.parameters():
-                if p.ndim == 1:
-                    p.add_(0.1 * torch.randn_like(p))
         folder = tmp_path_factory.mktemp(family)
-        hf.eval().save_pretrained(folder)
-        built[family] = (hf, folder)
+        built[family] = (perturb_and_save(hf, folder), folder)
     return built
 
 

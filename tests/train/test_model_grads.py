@@ -27,6 +27,7 @@ from scratch import train
 from scratch.models import BertConfig
 from scratch.nn import causal_mask
 from scratch.train import decoder, layers, memory, model_grads
+from tests.models.causal_lm import perturb_and_save
 
 # initializer_range 0.1 and randomised 1-D parameters, so every term (biases, norm gains) matters.
 GPT2_KW = dict(vocab_size=67, n_positions=32, n_embd=32, n_layer=2, n_head=4, initializer_range=0.1,
@@ -78,13 +79,8 @@ def hf_models(tmp_path_factory):
             else:
                 config = transformers.LlamaConfig(**{**LLAMA_KW, **LLAMA_VARIANTS[variant]})
                 model = transformers.LlamaForCausalLM(config)
-            with torch.no_grad():
-                for p in model.parameters():
-                    if p.ndim == 1:
-                        p.add_(0.1 * torch.randn_like(p))
             folder = tmp_path_factory.mktemp(f"{family}-{variant}")
-            model.eval().save_pretrained(folder)
-            built[family, variant] = (model, folder, variant)
+            built[family, variant] = (perturb_and_save(model, folder), folder, variant)
         return built[family, variant]
 
     return build
