@@ -209,12 +209,36 @@ _SETTING_FLAGS = ("steps", "batch_size", "seq_len", "grad_accum", "lr", "min_lr"
                   "mixed_precision", "checkpointing")
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from scratch.train.loop import NonFiniteLossError
-
+def _settings_from_flags(args: argparse.Namespace) -> dict:
+    """The loop flags given on the command line (_training_flags), as TrainSettings fields; --no-clip: no clipping."""
     settings = {name: getattr(args, name) for name in _SETTING_FLAGS if getattr(args, name) is not None}
     if args.no_clip:
         settings["max_grad_norm"] = None
+    return settings
+
+
+def _run_reporting(command: str, run) -> int:
+    """Call run() (the command's whole work, returning the loop's result) -> the exit code: 0 done, 1 a non-finite
+    loss, 130 Ctrl-C (before training: nothing saved; during it: where the checkpoint is, and how to resume)."""
+    from scratch.train.loop import NonFiniteLossError
+
+    try:
+        result = run()
+    except NonFiniteLossError as error:
+        print(f"scratch {command}: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:                         # before training started (model, tokenizer, data): nothing saved
+        print(f"scratch {command}: interrupted before training started; nothing saved", file=sys.stderr)
+        return 130
+    if result.interrupted:
+        print(f"scratch {command}: interrupted after step {result.step}; checkpoint {result.checkpoint}. "
+              f"Run the same command with --resume to continue.", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    settings = _settings_from_flags(args)
     if args.preset is not None:                       # a named Recipe; loop flags given here override its settings
         from scratch.train.presets import get_preset
 
@@ -228,18 +252,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         recipe = Recipe(corpus=tuple(args.corpus), config=args.config, tokenizer=args.tokenizer,
                         vocab_size=args.vocab_size, val_fraction=args.val_fraction, settings=settings)
     started = time.perf_counter()
-    try:
-        result = run_recipe(recipe, args.out, backend=args.backend, resume=args.resume)
-    except NonFiniteLossError as error:
-        print(f"scratch train: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:                         # before training started (tokenizer, data): nothing to save
-        print("scratch train: interrupted before training started; nothing saved", file=sys.stderr)
-        return 130
-    if result.interrupted:
-        print(f"scratch train: interrupted after step {result.step}; checkpoint {result.checkpoint}. "
-              f"Run the same command with --resume to continue.", file=sys.stderr)
-        return 130
+    code = _run_reporting("train", lambda: run_recipe(recipe, args.out, backend=args.backend, resume=args.resume))
+    if code != 0:
+        return code
     if args.preset is not None:                       # the measured, shippable files (scratch/bundled's layout)
         from scratch.train.presets import export_bundle
 
@@ -249,31 +264,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from scratch.train.loop import NonFiniteLossError
-
-    settings = {name: getattr(args, name) for name in _SETTING_FLAGS if getattr(args, name) is not None}
-    if args.no_clip:
-        settings["max_grad_norm"] = None
+    settings = _settings_from_flags(args)
     alpha = int(args.lora_alpha) if float(args.lora_alpha).is_integer() else args.lora_alpha   # 16, as PEFT writes it
     lora = {"r": args.lora_r, "lora_alpha": alpha, "lora_dropout": args.lora_dropout,
             "use_rslora": args.use_rslora}
     if args.target_modules:
         targets = [name.strip() for name in args.target_modules.split(",") if name.strip()]
         lora["target_modules"] = targets[0] if targets == ["all-linear"] else targets
-    try:
-        result = run_finetune(args.model, args.data, args.out, lora=lora, settings=settings, tokenizer=args.tokenizer,
-                              val_fraction=args.val_fraction, backend=args.backend, resume=args.resume)
-    except NonFiniteLossError as error:
-        print(f"scratch finetune: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:                         # before training started (model, data): nothing to save
-        print("scratch finetune: interrupted before training started; nothing saved", file=sys.stderr)
-        return 130
-    if result.interrupted:
-        print(f"scratch finetune: interrupted after step {result.step}; checkpoint {result.checkpoint}. "
-              f"Run the same command with --resume to continue.", file=sys.stderr)
-        return 130
-    return 0
+    return _run_reporting("finetune", lambda: run_finetune(
+        args.model, args.data, args.out, lora=lora, settings=settings, tokenizer=args.tokenizer,
+        val_fraction=args.val_fraction, backend=args.backend, resume=args.resume))
 
 
 def _training_flags(p) -> None:
