@@ -26,9 +26,6 @@ import scratch.models
 from scratch.models.adapter import PEFT_PREFIX, adapter_config, lora_scaling, read_adapter, write_adapter
 from scratch.models.gpt2 import GPT2
 from scratch.models.inputs import check_length, token_ids
-from scratch.models.llama import Llama
-from scratch.train import gpt2 as gpt2_grads
-from scratch.train import llama as llama_grads
 from scratch.train import model_grads
 from scratch.train.amp import GradScaler, MixedPrecision
 from scratch.train.decoder import ADAPTERS, LoraAdapter
@@ -98,11 +95,11 @@ class LoraState:
 # --- which projections a target names -------------------------------------------------------------------------------
 
 def _architecture(model):
-    if isinstance(model, GPT2):
-        return gpt2_grads
-    if isinstance(model, Llama):
-        return llama_grads
-    raise TypeError(f"LoRA here wraps GPT2 and Llama models, not {type(model).__name__}")
+    """model_grads.architecture_of, refusing other models in LoRA's words."""
+    try:
+        return model_grads.architecture_of(model)
+    except TypeError:
+        raise TypeError(f"LoRA here wraps GPT2 and Llama models, not {type(model).__name__}") from None
 
 
 def _slots(model) -> dict:

@@ -31,8 +31,9 @@ __all__ = ["named_parameters", "trainable_parameters", "loss_and_grads", "forwar
 IGNORE_INDEX = -100  # targets equal to it add nothing to the loss (torch's cross_entropy default)
 
 
-def _architecture(model):
-    """The module with the model's training forward/backward (same function names in each)."""
+def architecture_of(model):
+    """The module with the model's training forward/backward (same function names in each): scratch.train.gpt2 or
+    scratch.train.llama."""
     if isinstance(model, GPT2):
         return gpt2_grads
     if isinstance(model, Llama):
@@ -48,7 +49,7 @@ def named_parameters(model) -> dict:
     q/k/v and gate/up, the (C, V) vocabulary matrix): writing into one changes the model, which is how an optimizer
     updates it. Shapes are the checkpoint's: GPT-2's Conv1D (in, out), Llama's nn.Linear (out, in).
     """
-    return _architecture(model).named_parameters(model)
+    return architecture_of(model).named_parameters(model)
 
 
 def trainable_parameters(obj) -> dict:
@@ -107,7 +108,7 @@ class Tape:
 def forward(model, ids, *, checkpointing: bool = False):
     """The training forward: logits (B, T, V) -- what model(ids) computes -- and the Tape for `backward`.
     ids: (B, T) int64 on the model's backend (loss_and_grads checks and converts its input)."""
-    architecture = _architecture(model)
+    architecture = architecture_of(model)
     context = architecture.prepare(model, ids.shape[1])
     x, embed_cache = architecture.embed_forward(model, ids)                 # (B, T, C)
     kept = []
@@ -180,7 +181,7 @@ def loss_and_grads(model, input_ids, targets, *, checkpointing: bool = False, lo
 def _check_trainable(model) -> None:
     """TypeError for a model without a training backward here, ValueError for an activation without one or for
     merged LoRA adapters."""
-    _architecture(model)
+    architecture_of(model)
     if model in ADAPTERS and ADAPTERS[model].merged:
         raise ValueError("the model's LoRA adapters are merged into its weights: unmerge_lora(model) before training")
     config = model.config
