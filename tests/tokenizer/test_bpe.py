@@ -181,6 +181,18 @@ def test_special_token_rules(small):
     assert small.encode_ordinary("<|pad|>") == small.encode("<|pad|>", disallowed_special=())
 
 
+def test_special_tokens_match_longest_first(small):
+    """Where one special token is a prefix of another, the longer one wins wherever it occurs (as in Hugging Face's
+    added-token matching), in the allowed and the disallowed check alike; a lone prefix is still itself."""
+    specials = {"<|x|>": small.n_vocab, "<|x|>y": small.n_vocab + 1}
+    tok = BPETokenizer(small.vocab, small.merges, small.pattern, specials)
+    a, b = tok.encode_ordinary("a"), tok.encode_ordinary("b")
+    assert tok.encode("a<|x|>yb", allowed_special="all") == a + [specials["<|x|>y"]] + b
+    assert tok.encode("a<|x|>b", allowed_special="all") == a + [specials["<|x|>"]] + b
+    with pytest.raises(ValueError, match=r"disallowed special token '<\|x\|>y'"):
+        tok.encode("a<|x|>yb")
+
+
 # ------------------------------------------------------------------------------------------------ decoding
 @given(st.data())
 def test_stream_decoder_equals_decode_for_any_split(cl100k, data):

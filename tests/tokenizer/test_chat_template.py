@@ -14,7 +14,8 @@ import jinja2
 import pytest
 
 from scratch.tokenizer import BPETokenizer, load_tokenizer
-from scratch.tokenizer.chat_template import MISSING_JINJA, read_folder_chat_template, render_chat_template
+from scratch.tokenizer.chat_template import (MISSING_JINJA, encode_with_special_tokens, read_folder_chat_template,
+                                             render_chat_template)
 from scratch.tokenizer.hf import to_hf
 
 transformers = pytest.importorskip("transformers")
@@ -223,6 +224,17 @@ def test_missing_jinja_says_what_to_install(monkeypatch):
     with pytest.raises(ImportError) as error:
         render_chat_template("{{ 1 }}", [{"role": "user", "content": "x"}])
     assert str(error.value) == MISSING_JINJA and "scratch-llm[chat]" in MISSING_JINJA
+
+
+def test_special_tokens_in_a_chat_match_longest_first():
+    """A special token that is a prefix of another ("<|im|>" of "<|im|>end") loses to the longer one wherever
+    both match; the first piece of text and the rest are encoded by their own functions."""
+    specials = {"<|im|>": 100, "<|im|>end": 101}
+    first = lambda text: [("first", text)]   # noqa: E731
+    rest = lambda text: [("rest", text)]     # noqa: E731
+    assert encode_with_special_tokens("a<|im|>endb<|im|>c", specials, first, rest) == \
+        [("first", "a"), 101, ("rest", "b"), 100, ("rest", "c")]
+    assert encode_with_special_tokens("<|im|>end", specials, first, rest) == [101]
 
 
 def test_folder_reading(tmp_path):

@@ -232,6 +232,18 @@ def test_chat_templates_from_gguf_metadata():
     assert tokenizer.special_tokens_map == {"eos_token": "<|im_end|>"} and tokenizer.eos_token_id == 257
 
 
+def test_special_token_id_zero_is_a_token():
+    """Id 0 is a real token: a SentencePiece vocabulary whose EOS and padding are token 0 keeps them (not "none")."""
+    metadata = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": ["<pad>", "<s>", "</s>", "<unk>", "▁", "a",
+                                                                          "▁a"],
+                "tokenizer.ggml.token_type": [3, 3, 3, 2, 1, 1, 1], "tokenizer.ggml.scores": [0.0] * 4 + [-1.0, -2.0, -3.0],
+                "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 0,
+                "tokenizer.ggml.padding_token_id": 0, "tokenizer.ggml.unknown_token_id": 3}
+    tokenizer = from_gguf_metadata(metadata)
+    assert (tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id, tokenizer.unk_id) == (1, 0, 0, 3)
+    assert tokenizer.encode("a", add_eos=True) == [6, 0]
+
+
 @pytest.mark.parametrize("change, message", [
     ({"tokenizer.ggml.model": "bert"}, "'bert' is not supported"),
     ({"tokenizer.ggml.pre": "no-such-pre"}, "unknown pre-tokenizer .*'no-such-pre'"),

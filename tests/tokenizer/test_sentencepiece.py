@@ -38,10 +38,12 @@ def cases(name: str) -> list[dict]:
 
 
 # Text that exercises the hard cases: whitespace runs, digits, accents, CJK, emoji with joiners, rare characters
-# (byte fallback), and the marker characters themselves.
+# (byte fallback), the marker characters themselves, and runs of one character -- where one piece can be merged at
+# several places with the same score, so leftmost-first decides ("aaaa" is "▁a", "aa", "a", not "▁aa", "aa").
 TEXT = st.lists(st.one_of(
     st.sampled_from([" ", "  ", "   ", "\t", "\n", "\r\n", "0", "42", "2024", "abc", "Hello", " world", "'s", "é",
                      "ü", "中文", "🦙", "😶\u200d🌫️", "\u00a0", "\u3000", SPACE, "<s>", "</s>", "<0x41>"]),
+    st.builds(lambda char, n: char * n, st.sampled_from("abcx0.-=é中"), st.integers(2, 9)),
     st.characters(codec="utf-8")), max_size=25).map("".join)
 
 
