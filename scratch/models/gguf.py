@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from scratch.formats.byte_alphabet import bytes_to_token
 from scratch.formats.gguf import GGUFError, GGUFFile, read_gguf, write_gguf
 from scratch.formats.quants import TYPES
 from scratch.models import gpt2, llama
@@ -486,21 +487,6 @@ def _config_metadata(config) -> dict:
     }
 
 
-def _byte_alphabet() -> dict[int, str]:
-    """GPT-2's byte -> printable character table: printable Latin-1 bytes stand for themselves, the other 68 bytes
-    (controls, space, ...) are moved to U+0100 upward in byte order. GGUF's "gpt2" vocabularies are written in it.
-    (scratch.tokenizer has the same table; models may not import the tokenizer, so it is rebuilt here.)"""
-    kept = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table, moved = {}, 0
-    for byte in range(256):
-        if byte in kept:
-            table[byte] = chr(byte)
-        else:
-            table[byte] = chr(256 + moved)
-            moved += 1
-    return table
-
-
 # llama.cpp's `tokenizer.ggml.pre` name for each of our pre-tokenizer pattern names.
 _PRE_NAMES = {"gpt2": "gpt-2", "gpt4": "llama-bpe", "cl100k": "llama-bpe", "llama3": "llama-bpe", "o200k": "gpt-4o"}
 # llama.cpp's token types (SentencePiece's numbering).
@@ -519,24 +505,20 @@ def _tokenizer_metadata(tokenizer, config) -> dict:
     if not isinstance(pattern, str) or pattern not in _PRE_NAMES:
         raise ValueError(f"save_gguf: llama.cpp has no pre-tokenizer name for pattern {pattern!r}; "
                          f"known: {', '.join(_PRE_NAMES)}")
-    alphabet = _byte_alphabet()
-
-    def spelled(token: bytes) -> str:
-        return "".join(alphabet[b] for b in token)
-
     V = config.vocab_size
     tokens = [f"[PAD{i}]" for i in range(V)]  # holes in the id space, as llama.cpp's converter fills them
     types = [_UNUSED] * V
     for token_id, token in tokenizer.vocab.items():
         if token_id >= V:
             raise ValueError(f"save_gguf: token id {token_id} is outside the model's vocabulary of {V}")
-        tokens[token_id], types[token_id] = spelled(token), _NORMAL
+        tokens[token_id], types[token_id] = bytes_to_token(token), _NORMAL
     for text, token_id in tokenizer.special_tokens.items():
         if token_id >= V:
             raise ValueError(f"save_gguf: special token {text!r} id {token_id} is outside the vocabulary of {V}")
         tokens[token_id], types[token_id] = text, _CONTROL
     ranked = sorted(tokenizer.merges, key=tokenizer.pair_ranks.__getitem__)  # GGUF ranks merges by position
-    merges = [f"{spelled(tokenizer.vocab[left])} {spelled(tokenizer.vocab[right])}" for left, right in ranked]
+    merges = [f"{bytes_to_token(tokenizer.vocab[left])} {bytes_to_token(tokenizer.vocab[right])}"
+              for left, right in ranked]
     metadata = {
         "tokenizer.ggml.model": "gpt2",
         "tokenizer.ggml.pre": _PRE_NAMES[pattern],

@@ -12,64 +12,20 @@ from __future__ import annotations
 import json
 import os
 import unicodedata
-from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
 
 import regex
 
 from scratch.atomic import atomic_write
+from scratch.formats.byte_alphabet import bytes_to_token, bytes_to_unicode, token_to_bytes, unicode_to_bytes
 from scratch.safe_read import LIMITS, read_json, read_text
 from scratch.tokenizer.bpe import BPETokenizer
 from scratch.tokenizer.pretokenize import PATTERNS, compile_pattern, pretokenize, resolve_pattern, split_isolated
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# GPT-2's byte-to-unicode table.
-#
-# Byte-level BPE works on bytes, but vocab.json / merges.txt / tokenizer.json store tokens as *text*, and a raw
-# byte such as 0x20 (space) or 0x0A (newline) would break the space-separated merges.txt or be invisible. So GPT-2
-# gives every byte a printable stand-in character: the 188 bytes that are already printable, non-space characters
-# in Latin-1 (33..126 "!".."~", 161..172 "¡".."¬", 174..255 "®".."ÿ") stand for themselves, and the other 68
-# bytes (0..32, 127..160, 173), taken in increasing order, get the characters U+0100, U+0101, ... So space 0x20,
-# the 33rd byte without a printable form, is U+0120 "Ġ", and newline 0x0A is U+010A "Ċ".
-#
-# The confusion to avoid: "Ġ" in a vocabulary file is not a letter of the token; it IS the byte 0x20. And a
-# printable Latin-1 character such as "é" in vocab.json is the single byte 0xE9, not the UTF-8 text "é" (which is
-# the two bytes 0xC3 0xA9, written "Ã©").
-# ---------------------------------------------------------------------------------------------------------------
-
-@lru_cache(maxsize=1)
-def bytes_to_unicode() -> dict[int, str]:
-    """byte value -> its stand-in character in vocabulary files."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table = {byte: chr(byte) for byte in printable}
-    extra = 0
-    for byte in range(256):
-        if byte not in table:
-            table[byte] = chr(256 + extra)
-            extra += 1
-    return table
-
-
-@lru_cache(maxsize=1)
-def unicode_to_bytes() -> dict[str, int]:
-    return {char: byte for byte, char in bytes_to_unicode().items()}
-
-
-def token_to_bytes(token: str) -> bytes | None:
-    """The bytes a vocabulary-file token stands for ("Ġworld" -> b" world"); None if it has a character outside the
-    alphabet (then it is not a byte-level token, e.g. an added token stored as raw text)."""
-    table = unicode_to_bytes()
-    try:
-        return bytes(table[char] for char in token)
-    except KeyError:
-        return None
-
-
-def bytes_to_token(data: bytes) -> str:
-    table = bytes_to_unicode()
-    return "".join(table[byte] for byte in data)
+# GPT-2's byte-to-unicode table (bytes_to_unicode, token_to_bytes, ...) is scratch.formats.byte_alphabet's:
+# tokenizer.json and GGUF vocabularies spell tokens in it.
 
 
 # ---------------------------------------------------------------------------------------------------------------

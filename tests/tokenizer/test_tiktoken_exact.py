@@ -11,6 +11,7 @@ import tiktoken.load
 from hypothesis import given
 from hypothesis import strategies as st
 
+from scratch.formats.byte_alphabet import bytes_to_token
 from scratch.tokenizer import BPETokenizer, load_tokenizer
 from scratch.tokenizer.pretokenize import PATTERNS
 from scratch.tokenizer.tiktoken_format import (CL100K_SPECIAL_TOKENS, GPT2_SPECIAL_TOKENS, bundled_file,
@@ -219,22 +220,7 @@ def test_llama3_derived_merges_equal_hf_converter_merges(llama3):
     with GPT-2's byte-to-unicode alphabet, so map through it)."""
     lines = require_shared("tokenizers", "llama3", "merges.txt").read_text(encoding="utf-8").splitlines()
     lines = [line for line in lines if line and not line.startswith("#version")]
-    byte_to_char = gpt2_bytes_to_unicode()
-    as_text = [(
-        "".join(byte_to_char[b] for b in llama3.vocab[left]) + " " + "".join(byte_to_char[b] for b in llama3.vocab[right]))
-        for left, right in llama3.merges]
+    as_text = [bytes_to_token(llama3.vocab[left]) + " " + bytes_to_token(llama3.vocab[right])
+               for left, right in llama3.merges]
     assert len(as_text) == len(lines) == 280147
     assert as_text == lines
-
-
-def gpt2_bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's printable stand-ins for bytes: printable Latin-1 bytes map to themselves, the rest to 256+."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
-    table, extra = {}, 0
-    for byte in range(256):
-        if byte in printable:
-            table[byte] = chr(byte)
-        else:
-            table[byte] = chr(256 + extra)
-            extra += 1
-    return table
