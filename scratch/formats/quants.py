@@ -84,6 +84,15 @@ def _nibbles(packed: np.ndarray) -> np.ndarray:
     return np.concatenate([packed & 0x0F, packed >> 4], axis=1)
 
 
+# Q2_K / Q3_K's 2-bit layout: weight 128n + 32j + 16k + l is bits 2j..2j+1 of packed byte 32n + 16k + l.
+_PLANE_SHIFTS = np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1, 1)  # 2j, on the j axis of (N, n, j, k, l)
+
+
+def _unpack_2bit_planes(packed: np.ndarray) -> np.ndarray:
+    """(N, 64) bytes -> (N, 2 n, 4 j, 2 k, 16 l) values 0..3, uint8 (the inverse of _pack_2bit_planes)."""
+    return (packed.reshape(packed.shape[0], 2, 1, 2, 16) >> _PLANE_SHIFTS) & 3
+
+
 def _fifth_bits(blocks: np.ndarray, start: int) -> np.ndarray:
     """(N, 4) bytes at `start` = one little-endian uint32 per block whose bit j is weight j's fifth bit -> (N, 32)."""
     return np.unpackbits(blocks[:, start:start + 4], axis=1, bitorder="little")
@@ -119,9 +128,7 @@ def _dequantize_q2_k(blocks):
     # scales[16] (4-bit scale | 4-bit min per 16 weights) | qs[64] (2-bit) | d f16 | dmin f16.
     # Weight 128n + 32j + 16k + l = bits 2j..2j+1 of qs[32n + 16k + l], sub-block 8n + 2j + k.
     N = blocks.shape[0]
-    qs = blocks[:, 16:80].reshape(N, 2, 1, 2, 16)
-    shifts = np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1, 1)
-    q = ((qs >> shifts) & 3).astype(np.float32)  # (N, 2 n, 4 j, 2 k, 16 l)
+    q = _unpack_2bit_planes(blocks[:, 16:80]).astype(np.float32)  # (N, 2 n, 4 j, 2 k, 16 l)
     scales = blocks[:, :16].reshape(N, 2, 4, 2, 1)
     d = _f16(blocks, 80).reshape(N, 1, 1, 1, 1)
     dmin = _f16(blocks, 82).reshape(N, 1, 1, 1, 1)
@@ -144,9 +151,7 @@ def _dequantize_q3_k(blocks):
     # Weight 128n + 32j + 16k + l: low bits 2j.. of qs[32n + 16k + l], third bit 4n + j of hmask[16k + l]
     # (a cleared bit subtracts 4), sub-block 8n + 2j + k.
     N = blocks.shape[0]
-    qs = blocks[:, 32:96].reshape(N, 2, 1, 2, 16)
-    shifts = np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1, 1)
-    low = ((qs >> shifts) & 3).astype(np.int8)  # (N, 2 n, 4 j, 2 k, 16 l)
+    low = _unpack_2bit_planes(blocks[:, 32:96]).astype(np.int8)  # (N, 2 n, 4 j, 2 k, 16 l)
     hmask = blocks[:, :32].reshape(N, 1, 1, 2, 16)
     bit = np.arange(8, dtype=np.uint8).reshape(1, 2, 4, 1, 1)  # 4n + j
     high_clear = ((hmask >> bit) & 1) == 0
@@ -398,8 +403,7 @@ def _pack_k4_scales(sc: np.ndarray, m: np.ndarray) -> np.ndarray:
 def _pack_2bit_planes(q: np.ndarray) -> np.ndarray:
     """Q2_K / Q3_K low bits: weight 128n + 32j + 16k + l -> bits 2j.. of byte 32n + 16k + l. (N, 256) -> (N, 64)."""
     planes = q.reshape(-1, 2, 4, 2, 16) & 3  # (N, n, j, k, l)
-    shifts = np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1, 1)
-    return np.bitwise_or.reduce(planes << shifts, axis=2).reshape(-1, 64)
+    return np.bitwise_or.reduce(planes << _PLANE_SHIFTS, axis=2).reshape(-1, 64)
 
 
 def _quantize_q2_k(blocks):
