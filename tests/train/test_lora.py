@@ -34,6 +34,7 @@ from scratch.train import decoder, lora, model_grads
 from scratch.train.data import write_tokens
 from tests.models.causal_lm import perturb_and_save
 from tests.train.test_model_grads import GPT2_KW, LLAMA_KW, LLAMA_VARIANTS, TOL, batch, counting_batch, torch_model
+from tests.train.test_model_grads import one_torch_thread  # noqa: F401  (autouse: torch on one thread here too)
 
 FD_SETTINGS = settings(max_examples=10, deadline=None,
                        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -42,14 +43,6 @@ TARGETS = {"llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_pr
            "gpt2": ["c_attn", "c_proj", "c_fc"]}
 RSLORA = {"llama": False, "gpt2": True}
 R, ALPHA = 4, 8
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
