@@ -94,6 +94,23 @@ def test_the_chat_template_writes_turns_as_lines(bundled):
     assert text == "# helpers\ndef add(a, b):\n"
 
 
+def test_heldout_ids_are_tokens_of_the_vocabulary(bundled, metrics):
+    _, tokenizer = bundled
+    ids = scratch.bundled.heldout_ids()
+    assert ids.shape == (metrics["heldout_tokens"] + 1,)           # + the <|endoftext|> that opens the stream
+    assert 0 <= ids.min() and ids.max() < tokenizer.n_vocab
+    assert ids[0] == tokenizer.special_tokens["<|endoftext|>"]
+
+
+def test_windows_overlap_by_one_so_every_id_but_the_first_is_predicted_once(bundled):
+    model, _ = bundled
+    ids = scratch.bundled.heldout_ids()[:2 * 16 + 2]                 # 34 ids: windows of 17 at 0, 16, 32
+    sums, counts = window_losses(model, ids, seq_len=16)
+    assert counts.tolist() == [16, 16, 1]
+    whole = window_losses(model, ids[16:33], seq_len=16)[0]          # the second window on its own
+    assert sums[1] == pytest.approx(whole[0], rel=1e-6)
+
+
 def test_heldout_slice_reproduces_the_stated_window_losses(bundled, metrics):
     # 12 windows spread over the slice, against the per-window losses the export measured; then the stated loss is
     # the token-weighted mean of all the windows' (the full pass is the slow test below).

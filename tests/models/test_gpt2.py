@@ -103,6 +103,15 @@ def test_input_errors_name_the_problem():
         model(np.array([1, 2]))
     with pytest.raises(ValueError, match="context of 16"):
         model(np.zeros((1, 17), dtype=np.int64))
+    full = model.new_cache(1, 16)
+    try:                                                  # exactly the context is allowed, at once or through a cache
+        assert model(np.zeros((1, 16), dtype=np.int64)).shape == (1, 16, 50)
+        model(np.zeros((1, 15), dtype=np.int64), cache=full)
+        model(np.zeros((1, 1), dtype=np.int64), cache=full)                     # 15 cached + 1 new = 16
+    except ValueError as error:
+        pytest.fail(f"a sequence exactly as long as the context was refused: {error}")
+    with pytest.raises(ValueError, match="16 cached \\+ 1 new positions exceed the model's context of 16"):
+        model(np.zeros((1, 1), dtype=np.int64), cache=full)
     cache = model.new_cache(1, 8)
     with pytest.raises(ValueError, match="attention_mask"):
         model(np.zeros((1, 3), dtype=np.int64), cache=cache, attention_mask=np.ones((1, 2)))

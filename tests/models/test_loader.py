@@ -126,6 +126,15 @@ def test_untied_llama_without_lm_head_is_named(tmp_path):
         scratch.models.load(folder)
 
 
+def test_the_first_listed_architecture_is_the_one_loaded():
+    from scratch.models.loader import architecture_of
+
+    assert architecture_of({"architectures": ["GPT2Model", "GPT2LMHeadModel"]}) == "GPT2Model"
+    assert architecture_of({"architectures": ["LlamaForCausalLM", "GPT2LMHeadModel"]}) == "LlamaForCausalLM"
+    with pytest.raises(ValueError, match="GPT2ForSequenceClassification"):
+        architecture_of({"architectures": ["GPT2ForSequenceClassification", "GPT2LMHeadModel"]})
+
+
 def test_unknown_architecture_is_named(gpt2_folder, tmp_path):
     def rename(c):
         c["architectures"] = ["GPT2ForSequenceClassification"]
