@@ -27,6 +27,15 @@ settings.register_profile("thorough", max_examples=1000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if IN_CI else "dev"))
 
 
+def sigint_interrupts() -> None:
+    """`preexec_fn` for a child process that a test Ctrl-C's: a shell starts background jobs (`cmd &`, nohup) with
+    SIGINT ignored, children inherit that, and Python leaves an ignored SIGINT ignored -- no KeyboardInterrupt, so
+    the test would fail for its environment. The child gets the default disposition back, as a terminal's job has."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 # Why a backend's cases skip, in a user's words (the backend's own message says how to install it).
 BACKEND_SKIPS = {
     "cupy": "GPU cases: no usable NVIDIA GPU with CuPy >= 14 here (pip install 'cupy-cuda12x>=14' on a GPU machine)",

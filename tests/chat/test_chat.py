@@ -24,6 +24,7 @@ from scratch.cli import main
 from scratch.generate import generate
 from scratch.tokenizer import BPETokenizer, load_tokenizer
 from scratch.tokenizer.hf import to_hf
+from tests.conftest import sigint_interrupts
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -215,7 +216,8 @@ def _run_chat(folder: Path, stdin: str | None = None, *extra: str, **popen) -> s
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen([sys.executable, "-m", "scratch", "chat", "--model", str(folder), "--max-new-tokens",
                              "6", *extra], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, cwd=REPO, **popen)
+                            text=True, env=env, cwd=REPO,
+                            preexec_fn=sigint_interrupts if os.name == "posix" else None, **popen)
 
 
 def test_interactive_through_stdin(folder, model, tokenizer):
