@@ -67,6 +67,16 @@ def test_same_seed_same_tokens_on_every_backend(model_on, backend):
                                       generate(model_on("numpy"), ragged, **kwargs).sequences)
 
 
+def test_last_scores_reads_the_last_position_in_float32():
+    # every loop calls it on a forward's (B, T, V) logits; T = 1 after a logits_to_keep=1 prefill, so check T > 1 here
+    from scratch.generate.output import last_scores
+
+    logits = np.arange(2 * 3 * 4, dtype=np.float16).reshape(2, 3, 4)          # (B, T, V)
+    last = last_scores(np, logits)
+    assert last.dtype == np.float32
+    np.testing.assert_array_equal(last, logits[:, -1, :].astype(np.float32))
+
+
 def test_seed_matters_and_repeats(model_on):
     m = model_on("numpy")
     a = generate(m, PROMPT, **SAMPLING).sequences

@@ -95,6 +95,18 @@ def test_bos_yes_needs_a_bos_id(files, capsys):
     assert "--bos yes: the model config's bos_token_id (None)" in capsys.readouterr().err
 
 
+def test_generate_beam_count(files, capsys):
+    """--num-beams reaches beam search: each count prints what generate(num_beams=...) returns, and they differ."""
+    model_dir, tok_path = files
+    printed = {}
+    for beams in (2, 5):
+        assert main(["generate", "--model", model_dir, "--tokenizer", tok_path, "--max-new-tokens", "20",
+                     "--strategy", "beam", "--num-beams", str(beams), PROMPT]) == 0
+        printed[beams] = capsys.readouterr().out
+        assert printed[beams] == _expected(files, max_new_tokens=20, num_beams=beams) + "\n"
+    assert printed[2] != printed[5]          # the two counts give different text here, so the count is not ignored
+
+
 def test_generate_beam_with_a_stop_string(files, capsys):
     """--strategy beam --stop: the stop string ends hypotheses (beam search takes stop strings)."""
     model_dir, tok_path = files

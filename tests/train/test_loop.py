@@ -5,6 +5,8 @@ non-finite loss stops naming the step, while mixed precision skips overflowing s
 the progress line has its fields; saved weights load with scratch.models.load; a tiny model learns a pattern."""
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import signal
 
@@ -170,6 +172,22 @@ def test_non_finite_gradients_stop_before_the_update(token_files):
         trainer.run()
     after = weights(trainer.model)
     assert trainer.step == 0 and all(np.array_equal(before[n], after[n]) for n in before)
+
+
+def test_the_update_sees_gradients_clipped_to_max_grad_norm(token_files):
+    # AdamW's first steps hardly depend on the gradient's scale (m / sqrt(v)), so a run's losses cannot show whether
+    # clipping happened: look at what reaches the optimizer. Unclipped, these gradients have norms near 1.
+    settings = dataclasses.replace(SETTINGS, steps=2, max_grad_norm=1e-3)
+    trainer = Trainer(fresh_model(), *token_files, settings, log=None)
+    seen, optimizer_step = [], trainer.optimizer.step
+
+    def recording_step(grads):
+        seen.append(math.sqrt(sum(float(np.sum(np.asarray(g, dtype=np.float64) ** 2)) for g in grads.values())))
+        return optimizer_step(grads)
+
+    trainer.optimizer.step = recording_step
+    trainer.run()
+    np.testing.assert_allclose(seen, [1e-3, 1e-3], rtol=1e-4)
 
 
 def test_mixed_precision_skips_overflowing_steps_and_stops_when_they_persist(token_files):
