@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+import backends
 from scratch import train
 from scratch.train.amp import GradScaler, MixedPrecision, all_finite
+from tests.conftest import BACKEND_SKIPS, _backend_params
 
 SHAPES = {"w": (3, 4), "b": (4,)}
 # Per step: the true gradient's magnitude, and whether to plant a NaN. 1e36 * 65536 overflows float32 to inf in the
@@ -187,10 +189,21 @@ def tiny_gpt2(backend, seed=0):
     import scratch.models
     from scratch.models import GPT2Config
 
-    if backend.name == "strict":
-        pytest.skip("array-api-strict has no float16: mixed precision cannot run there")
     config = GPT2Config(vocab_size=48, n_positions=16, n_embd=32, n_layer=2, n_head=4)
     return scratch.models.from_config(config, backend=backend, seed=seed, dtype="float32")
+
+
+@pytest.fixture(params=[param for param in _backend_params() if param.id != "strict"])
+def half_backend(request) -> backends.Backend:
+    """The backends that have float16 (array-api-strict has not: test_strict_refuses_mixed_precision)."""
+    if backends.unavailable_reason(request.param) is not None:
+        pytest.skip(BACKEND_SKIPS.get(request.param, f"the {request.param} backend cannot run here"))
+    return backends.get(request.param)
+
+
+def test_strict_refuses_mixed_precision_naming_float16():
+    with pytest.raises(TypeError, match="strict backend has no float16"):
+        MixedPrecision(tiny_gpt2(backends.get("strict")))
 
 
 def batch(seed=0):
@@ -199,7 +212,8 @@ def batch(seed=0):
     return ids[:, :-1], ids[:, 1:]
 
 
-def test_float16_copy_follows_the_float32_master(backend):
+def test_float16_copy_follows_the_float32_master(half_backend):
+    backend = half_backend
     model = tiny_gpt2(backend)
     amp = MixedPrecision(model)
     assert amp.compute_model.dtype == "float16" and amp.master.keys() == amp.compute.keys()
@@ -218,7 +232,8 @@ def test_float16_copy_follows_the_float32_master(backend):
         np.testing.assert_array_equal(backend.to_numpy(amp.compute[name]), host.astype(np.float16), err_msg=name)
 
 
-def test_an_overflowing_scale_skips_the_step_and_backs_off(backend):
+def test_an_overflowing_scale_skips_the_step_and_backs_off(half_backend):
+    backend = half_backend
     model = tiny_gpt2(backend)
     amp = MixedPrecision(model, scaler=GradScaler(init_scale=2.0**40))   # scaled gradients exceed float16's 65504
     optimizer = train.AdamW(amp.master, lr=1e-2)
@@ -230,7 +245,8 @@ def test_an_overflowing_scale_skips_the_step_and_backs_off(backend):
         np.testing.assert_array_equal(backend.to_numpy(master), before[name], err_msg=name)
 
 
-def test_mixed_precision_steps_track_float32_training(backend):
+def test_mixed_precision_steps_track_float32_training(half_backend):
+    backend = half_backend
     fp32_model, amp_model = tiny_gpt2(backend), tiny_gpt2(backend)
     amp = MixedPrecision(amp_model)
     fp32_opt = train.AdamW(train.named_parameters(fp32_model), lr=1e-2)
