@@ -103,7 +103,8 @@ print(json.dumps({{"seconds": best, "file": scratch.__file__}}))
 
 def time_in_tree(tree: Path, name: str) -> float:
     setup, repeat = WORKLOADS[name]
-    env = dict(os.environ, PYTHONPATH=str(tree), OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    # one hash seed for both trees: set and dict orders (the BPE trainer's tie candidates) then match
+    env = dict(os.environ, PYTHONPATH=str(tree), OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
     code = CHILD.format(corpus=str(CORPUS), setup=setup, repeat=repeat)
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=str(tree), capture_output=True, text=True)
     if out.returncode != 0:
