@@ -110,7 +110,9 @@ def gelu_tanh(x):
     """GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). GPT-2's "gelu_new"."""
     xp = backends.namespace_of(x)
     x, dtype = upcast_half(xp, x)
-    return cast_to(xp, 0.5 * x * (1.0 + xp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * (x * x * x)))), dtype)
+    # x (0.5 + 0.5 tanh(u)) equals 0.5 x (1 + tanh(u)) bit for bit (halving is exact) and, written this way, NumPy
+    # reuses the temporaries in place: a prefill's (B, T, 4C) activation makes two new buffers, not three.
+    return cast_to(xp, x * (0.5 + 0.5 * xp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * (x * x * x)))), dtype)
 
 
 def silu(x):
