@@ -29,7 +29,8 @@ LAYERS: dict[str, set[str]] = {
     "scratch.nn": {"backends"},
     "scratch.models": {"backends", "scratch.nn", "scratch.atomic", "scratch.safe_read", "scratch.formats"},
     "scratch.generate": {"backends", "scratch.nn", "scratch.models", "scratch.tokenizer"},
-    "scratch.train": {"backends", "scratch.nn", "scratch.models", "scratch.atomic", "scratch.tokenizer"},
+    "scratch.train": {"backends", "scratch.nn", "scratch.models", "scratch.atomic", "scratch.safe_read",
+                      "scratch.tokenizer"},
     "scratch.chat": {"backends", "scratch.nn", "scratch.models", "scratch.tokenizer", "scratch.generate"},
     # The shipped model and the tour of it sit on top of what they show, and nothing below imports them: bundled
     # only loads its files (a model folder and a tokenizer); demo runs tokenizer, size arithmetic and decoding on it.

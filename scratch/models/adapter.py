@@ -21,6 +21,7 @@ import numpy as np
 
 from scratch.atomic import atomic_write
 from scratch.models.safetensors import load_file, save_file
+from scratch.safe_read import read_json
 
 __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "PEFT_PREFIX", "peft_tensor_names", "lora_scaling", "adapter_config",
            "LoraFile", "read_adapter", "write_adapter", "merge_adapter"]
@@ -87,10 +88,7 @@ def read_adapter(folder) -> LoraFile:
     for path in (config_path, weights_path):
         if not path.is_file():
             raise FileNotFoundError(f"{folder} is not a PEFT adapter folder: {path.name} is missing")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{config_path} is not valid JSON: {error}") from None
+    config = read_json(config_path, "config.json")        # an adapter from the hub is a stranger's file
     if config.get("peft_type") != "LORA":
         raise ValueError(f"{config_path}: peft_type {config.get('peft_type')!r} is not supported (only 'LORA')")
     for key, allowed in _UNSUPPORTED.items():

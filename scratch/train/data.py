@@ -21,6 +21,7 @@ from typing import Iterable
 import numpy as np
 
 from scratch.atomic import atomic_write
+from scratch.safe_read import read_json
 
 __all__ = ["FORMAT", "VERSION", "TokenFile", "token_dtype", "write_tokens", "read_tokens", "tokenize_files",
            "random_batch", "END_OF_TEXT"]
@@ -97,10 +98,7 @@ def read_tokens(path: str | os.PathLike) -> TokenFile:
     bin_path, json_path = _paths(path)
     if not json_path.is_file():
         raise FileNotFoundError(f"no token file description {json_path} (write one with write_tokens)")
-    try:
-        meta = json.loads(json_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{json_path}: not valid JSON ({error})") from None
+    meta = read_json(json_path, "json")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"{json_path}: not a {FORMAT} file")
     if meta.get("version") != VERSION:

@@ -408,3 +408,9 @@ def test_bad_input_names_itself(hf_models, tmp_path):
             scratch.models.load(hf_models["llama"][1], adapter=tmp_path / "adapter")
     with pytest.raises(FileNotFoundError, match="adapter_config.json is missing"):
         scratch.models.load(folder, adapter=tmp_path)
+    config_path.write_text('{"peft_type": LORA}')                      # a stranger's file: read as config.json is
+    with pytest.raises(ValueError, match="adapter_config.json: not valid JSON"):
+        scratch.models.load(hf_models["llama"][1], adapter=tmp_path / "adapter")
+    config_path.write_text("[" * 100_000)
+    with pytest.raises(ValueError, match="nested too deeply"):
+        scratch.models.load(hf_models["llama"][1], adapter=tmp_path / "adapter")
