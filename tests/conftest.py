@@ -36,6 +36,10 @@ def sigint_interrupts() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+# Popen's preexec_fn for such a child: POSIX only (Windows has no preexec_fn, and no SIGINT disposition to restore).
+RESTORE_SIGINT = sigint_interrupts if os.name == "posix" else None
+
+
 # Why a backend's cases skip, in a user's words (the backend's own message says how to install it).
 BACKEND_SKIPS = {
     "cupy": "GPU cases: no usable NVIDIA GPU with CuPy >= 14 here (pip install 'cupy-cuda12x>=14' on a GPU machine)",
@@ -43,17 +47,22 @@ BACKEND_SKIPS = {
 }
 
 
-def _backend_params():
-    return [pytest.param(name, marks=[pytest.mark.gpu] if name == "cupy" else [], id=name) for name in backends.NAMES]
+def backend_params(names=backends.NAMES):
+    """pytest params for the named backends, cupy's marked `gpu`."""
+    return [pytest.param(name, marks=[pytest.mark.gpu] if name == "cupy" else [], id=name) for name in names]
 
 
-@pytest.fixture(params=_backend_params())
+def backend_or_skip(name: str) -> backends.Backend:
+    """The backend `name`, or a skip (one reason per backend) where it cannot run."""
+    if backends.unavailable_reason(name) is not None:
+        pytest.skip(BACKEND_SKIPS.get(name, f"the {name} backend cannot run here"))
+    return backends.get(name)
+
+
+@pytest.fixture(params=backend_params())
 def backend(request) -> backends.Backend:
-    """The backend under test; the test runs once for each backend, and skips (one reason per backend) where that
-    backend cannot run."""
-    if backends.unavailable_reason(request.param) is not None:
-        pytest.skip(BACKEND_SKIPS.get(request.param, f"the {request.param} backend cannot run here"))
-    return backends.get(request.param)
+    """The backend under test; the test runs once for each backend, and skips where that backend cannot run."""
+    return backend_or_skip(request.param)
 
 
 @pytest.fixture

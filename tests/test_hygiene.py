@@ -21,16 +21,15 @@ TESTS = Path(__file__).resolve().parent
 
 # (file relative to tests/, enclosing function): why it cannot fire in CI.
 ALLOWED_SKIPS = {
-    ("conftest.py", "backend"): "only the cupy case skips when no GPU is usable (strict is a test dependency)",
+    ("conftest.py", "backend_or_skip"): "only the cupy case skips when no GPU is usable (strict is a test dependency)",
     ("conftest.py", "require_shared"): "under CI=true a missing shared-data folder fails instead of skipping",
     ("conftest.py", "require_real_gguf"): "the realmodel tests are deselected under CI=true (conftest), never run",
     ("test_backends.py", "test_unavailable_backend_says_what_is_missing"): "fires only where a GPU is usable",
-    ("train/test_amp.py", "half_backend"): "the per-backend GPU skip again, for the backends that have float16",
     ("test_bundled.py", "test_the_full_heldout_pass_gives_the_stated_loss"): "its skipif is false under CI=true "
                                                                               "(opt-in elsewhere: 10-60 s)",
 }
-# Skips that fire in CI and are tolerated for now (none today). Listed so that no NEW one can appear unnoticed: remove an
-# entry when its owner turns the skip into a check (or a deselection); this test then keeps it out.
+# Skips that fire in CI and are tolerated for now (none today). Listed so that no NEW one can appear unnoticed:
+# remove an entry when its owner turns the skip into a check (or a deselection); this test then keeps it out.
 KNOWN_CI_SKIPS: dict = {}
 # Test-extra packages (pyproject.toml): under CI=true conftest makes importorskip of them import or fail.
 TEST_EXTRA_MODULES = {"torch", "transformers", "tokenizers", "tiktoken", "sentencepiece", "safetensors", "gguf",

@@ -15,7 +15,7 @@ import pytest
 import scratch.nn.kv_cache as kv_cache
 import scratch.tokenizer.cli
 from scratch.cli import main
-from tests.conftest import sigint_interrupts
+from tests.conftest import RESTORE_SIGINT
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -144,7 +144,7 @@ def _scratch(*argv, **popen):
     env = dict(os.environ, PYTHONPATH=str(REPO), OPENBLAS_NUM_THREADS="1")
     return subprocess.Popen([sys.executable, "-m", "scratch", *argv], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE,
-                            preexec_fn=sigint_interrupts if os.name == "posix" else None, **popen)
+                            preexec_fn=RESTORE_SIGINT, **popen)
 
 
 def test_a_real_process_prints_one_line_not_a_traceback(tmp_path):

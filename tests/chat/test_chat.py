@@ -24,7 +24,7 @@ from scratch.cli import main
 from scratch.generate import generate
 from scratch.tokenizer import BPETokenizer, load_tokenizer
 from scratch.tokenizer.hf import to_hf
-from tests.conftest import sigint_interrupts
+from tests.conftest import RESTORE_SIGINT
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -217,7 +217,7 @@ def _run_chat(folder: Path, stdin: str | None = None, *extra: str, **popen) -> s
     return subprocess.Popen([sys.executable, "-m", "scratch", "chat", "--model", str(folder), "--max-new-tokens",
                              "6", *extra], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env, cwd=REPO,
-                            preexec_fn=sigint_interrupts if os.name == "posix" else None, **popen)
+                            preexec_fn=RESTORE_SIGINT, **popen)
 
 
 def test_interactive_through_stdin(folder, model, tokenizer):

@@ -12,7 +12,7 @@ import torch
 import backends
 from scratch import train
 from scratch.train.amp import GradScaler, MixedPrecision, all_finite
-from tests.conftest import BACKEND_SKIPS, _backend_params
+from tests.conftest import backend_or_skip, backend_params
 
 SHAPES = {"w": (3, 4), "b": (4,)}
 # Per step: the true gradient's magnitude, and whether to plant a NaN. 1e36 * 65536 overflows float32 to inf in the
@@ -193,12 +193,10 @@ def tiny_gpt2(backend, seed=0):
     return scratch.models.from_config(config, backend=backend, seed=seed, dtype="float32")
 
 
-@pytest.fixture(params=[param for param in _backend_params() if param.id != "strict"])
+@pytest.fixture(params=backend_params([name for name in backends.NAMES if name != "strict"]))
 def half_backend(request) -> backends.Backend:
     """The backends that have float16 (array-api-strict has not: test_strict_refuses_mixed_precision)."""
-    if backends.unavailable_reason(request.param) is not None:
-        pytest.skip(BACKEND_SKIPS.get(request.param, f"the {request.param} backend cannot run here"))
-    return backends.get(request.param)
+    return backend_or_skip(request.param)
 
 
 def test_strict_refuses_mixed_precision_naming_float16():
